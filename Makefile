@@ -36,3 +36,7 @@ fuzz:
 
 clean:
 	rm -rf $(BIN)
+
+# A throw-away namespace lab, a private bus, the daemon, real MPTCP traffic.
+demo: build
+	bash dist/lab/demo.sh
