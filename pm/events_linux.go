@@ -1,0 +1,239 @@
+package pm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/mdlayher/genetlink"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// eventSocketBuffer is the receive buffer asked for the event socket:
+	// room for thousands of queued events (the kernel doubles it).
+	eventSocketBuffer = 4 << 20
+	// eventDatagramBuffer holds one received datagram. The kernel sends one
+	// event of at most a few hundred bytes per datagram.
+	eventDatagramBuffer = 32 << 10
+	genlHeaderLen       = 4 // struct genlmsghdr: cmd, version, reserved
+)
+
+// EventListener is a socket joined to the mptcp_pm_events group; it only
+// listens. Its events are those of the network namespace it was opened in.
+type EventListener struct {
+	conn   *genetlink.Conn
+	raw    syscall.RawConn
+	family uint16 // the mptcp_pm family id
+	closed atomic.Bool
+
+	mu      sync.Mutex // serialises Receive; guards the fields below
+	buf     []byte     // one datagram
+	from    unix.RawSockaddrNetlink
+	fromLen uint32
+	n       int           // result of the last recvfrom
+	errno   syscall.Errno // likewise
+	readFn  func(fd uintptr) bool
+}
+
+// ListenEvents opens a netlink socket in the network namespace of cfg
+// (cfg.NetNS 0 or a nil cfg: the caller's), resolves the mptcp_pm family and
+// its mptcp_pm_events group by name and joins the group. The socket's
+// receive buffer is made large (4 MiB, beyond the system limit when the
+// caller may) so that bursts of events do not overflow it.
+//
+// Joining needs CAP_NET_ADMIN: without it the error wraps ErrPermission. A
+// kernel without MPTCP gives an error wrapping ErrFamilyNotFound.
+func ListenEvents(cfg *Config) (*EventListener, error) {
+	var nc netlink.Config
+	if cfg != nil {
+		nc.NetNS = cfg.NetNS
+	}
+	c, err := genetlink.Dial(&nc)
+	if err != nil {
+		return nil, fmt.Errorf("pm: listen events: dial: %w", err)
+	}
+	l, err := newEventListener(c)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("pm: listen events: %w", err)
+	}
+	return l, nil
+}
+
+func newEventListener(c *genetlink.Conn) (*EventListener, error) {
+	f, err := c.GetFamily(FamilyName)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, ErrFamilyNotFound
+		}
+		return nil, fmt.Errorf("resolve family %s: %w", FamilyName, err)
+	}
+	var group uint32
+	for _, g := range f.Groups {
+		if g.Name == GroupEvents {
+			group = g.ID
+		}
+	}
+	if group == 0 {
+		return nil, fmt.Errorf("family %s has no group %s: %w", FamilyName, GroupEvents, ErrNotSupported)
+	}
+	// SetReadBuffer tries SO_RCVBUFFORCE first and falls back to SO_RCVBUF,
+	// which the kernel caps at net.core.rmem_max.
+	if err := c.SetReadBuffer(eventSocketBuffer); err != nil {
+		return nil, fmt.Errorf("set receive buffer: %w", err)
+	}
+	if err := c.JoinGroup(group); err != nil {
+		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+			return nil, fmt.Errorf("join group %s: %w (%w)", GroupEvents, ErrPermission, err)
+		}
+		return nil, fmt.Errorf("join group %s: %w", GroupEvents, err)
+	}
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("raw socket: %w", err)
+	}
+	l := &EventListener{
+		conn:   c,
+		raw:    raw,
+		family: f.ID,
+		buf:    make([]byte, eventDatagramBuffer),
+	}
+	l.readFn = l.recvfrom // bound once: Receive then allocates nothing
+	return l, nil
+}
+
+// recvfrom reads one datagram into l.buf without blocking; it is the
+// callback of syscall.RawConn.Read, which waits for the socket to become
+// readable whenever it returns false. It uses the raw system call because
+// unix.Recvfrom allocates a Sockaddr on every call.
+func (l *EventListener) recvfrom(fd uintptr) bool {
+	for {
+		l.fromLen = unix.SizeofSockaddrNetlink
+		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd,
+			uintptr(unsafe.Pointer(&l.buf[0])), uintptr(len(l.buf)),
+			unix.MSG_TRUNC, // n is the datagram's full length
+			uintptr(unsafe.Pointer(&l.from)), uintptr(unsafe.Pointer(&l.fromLen)))
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		l.n, l.errno = int(n), e
+		return true
+	}
+}
+
+// Receive blocks until events arrive and appends the events of one receive
+// to buf[:0]. Event types this package does not know are skipped; so are
+// messages not sent by the kernel.
+//
+// When the kernel dropped events because the socket's buffer was full, the
+// error wraps ErrOverflow; the listener stays usable, and the caller must
+// resynchronise its state from the kernel. A malformed event is an error
+// wrapping ErrInvalid, returned with the events of the same receive that
+// did decode. After the deadline set by SetDeadline the error wraps
+// os.ErrDeadlineExceeded; after Close it wraps net.ErrClosed.
+//
+// Receive reuses its buffers and does not allocate on the success path.
+// Calls from several goroutines are serialised.
+func (l *EventListener) Receive(buf []Event) ([]Event, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	buf = buf[:0]
+	for len(buf) == 0 {
+		n, err := l.receive()
+		if err != nil {
+			return buf, err
+		}
+		if buf, err = l.decode(buf, l.buf[:n]); err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
+}
+
+// receive reads one datagram into l.buf and returns its length, 0 for a
+// datagram that is not from the kernel.
+func (l *EventListener) receive() (int, error) {
+	if err := l.raw.Read(l.readFn); err != nil {
+		if l.closed.Load() {
+			return 0, fmt.Errorf("pm: receive events: %w", net.ErrClosed)
+		}
+		return 0, fmt.Errorf("pm: receive events: %w", err)
+	}
+	switch {
+	case l.errno == unix.ENOBUFS:
+		return 0, fmt.Errorf("pm: receive events: %w", ErrOverflow)
+	case l.errno != 0:
+		return 0, fmt.Errorf("pm: receive events: %w", os.NewSyscallError("recvfrom", l.errno))
+	case l.n > len(l.buf):
+		return 0, fmt.Errorf("pm: receive events: datagram of %d bytes truncated to %d: %w", l.n, len(l.buf), ErrInvalid)
+	case l.from.Pid != 0:
+		return 0, nil // from a user-space socket, not from the kernel
+	}
+	return l.n, nil
+}
+
+// decode appends the known events of the netlink messages in b to evs.
+func (l *EventListener) decode(evs []Event, b []byte) ([]Event, error) {
+	var first error
+	for len(b) > 0 {
+		if len(b) < unix.SizeofNlMsghdr {
+			return evs, fmt.Errorf("pm: receive events: %d trailing bytes: %w", len(b), ErrInvalid)
+		}
+		n := int(binary.NativeEndian.Uint32(b[0:4]))
+		typ := binary.NativeEndian.Uint16(b[4:6])
+		if n < unix.SizeofNlMsghdr || n > len(b) {
+			return evs, fmt.Errorf("pm: receive events: message length %d with %d bytes left: %w", n, len(b), ErrInvalid)
+		}
+		msg := b[unix.SizeofNlMsghdr:n]
+		b = b[min((n+3)&^3, len(b)):]
+		if typ != l.family || len(msg) < genlHeaderLen {
+			continue // NLMSG_NOOP and the like
+		}
+		cmd := msg[0]
+		if !EventType(cmd).known() {
+			continue
+		}
+		ev, err := DecodeEvent(cmd, msg[genlHeaderLen:])
+		if err != nil {
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		evs = append(evs, ev)
+	}
+	return evs, first
+}
+
+// SetDeadline sets the time after which a pending or future Receive fails
+// with an error wrapping os.ErrDeadlineExceeded; the zero time clears it.
+func (l *EventListener) SetDeadline(t time.Time) error {
+	if err := l.conn.SetReadDeadline(t); err != nil {
+		return fmt.Errorf("pm: event listener deadline: %w", err)
+	}
+	return nil
+}
+
+// Close closes the socket. A pending Receive returns an error wrapping
+// net.ErrClosed.
+func (l *EventListener) Close() error {
+	if l.closed.Swap(true) {
+		return nil
+	}
+	if err := l.conn.Close(); err != nil {
+		return fmt.Errorf("pm: close event listener: %w", err)
+	}
+	return nil
+}
