@@ -1,0 +1,286 @@
+package dbusapi
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+
+	"github.com/godbus/dbus/v5"
+
+	"github.com/mptcp-pmd/mptcp-pmd/service"
+)
+
+// Every method validates its arguments first, then (for a mutating method)
+// identifies and authorizes the caller, and only then calls the backend.
+
+func (s *Server) managerMethods() map[string]any {
+	return map[string]any{
+		"RegisterController":   s.registerController,
+		"UnregisterController": s.unregisterController,
+		"GetConnectionByToken": s.getConnectionByToken,
+		"AddEndpoint":          s.addEndpoint,
+		"RemoveEndpoint":       s.removeEndpoint,
+		"SetEndpointFlags":     s.setEndpointFlags,
+		"FlushEndpoints":       s.flushEndpoints,
+		"SetLimits":            s.setLimits,
+	}
+}
+
+func (s *Server) connectionMethods() map[string]any {
+	return map[string]any{
+		"AnnounceAddress":  s.announceAddress,
+		"RemoveAddress":    s.removeAddress,
+		"CreateSubflow":    s.createSubflow,
+		"RemoveSubflow":    s.removeSubflow,
+		"SetSubflowBackup": s.setSubflowBackup,
+	}
+}
+
+// authorize identifies the sender of msg (its unique name and UID) and asks
+// the Authorizer whether it may call a mutating method.
+func (s *Server) authorize(msg dbus.Message) (service.Caller, *dbus.Error) {
+	sender := msgSender(msg)
+	if sender == "" {
+		return service.Caller{}, dbusError(fmt.Errorf("%w: the call has no sender", service.ErrPermissionDenied))
+	}
+	var uid uint32
+	err := s.conn.BusObject().CallWithContext(s.ctx, "org.freedesktop.DBus.GetConnectionUnixUser", 0, sender).Store(&uid)
+	if err != nil {
+		return service.Caller{}, dbusError(fmt.Errorf("dbusapi: identify caller %s: %w", sender, err))
+	}
+	interactive := msg.Flags&dbus.FlagAllowInteractiveAuthorization != 0
+	if err := s.auth.Authorize(s.ctx, sender, uid, interactive); err != nil {
+		return service.Caller{}, dbusError(err)
+	}
+	return service.Caller{Name: sender, UID: uid}, nil
+}
+
+func invalid(format string, args ...any) *dbus.Error {
+	return dbusError(fmt.Errorf("%w: "+format, append([]any{service.ErrInvalidArguments}, args...)...))
+}
+
+// parseAddr parses an address argument. A zone is refused: only AddEndpoint
+// has a use for one, and handles it itself.
+func parseAddr(field, text string) (netip.Addr, *dbus.Error) {
+	a, err := netip.ParseAddr(text)
+	if err != nil {
+		return netip.Addr{}, invalid("%s: %v", field, err)
+	}
+	if a.Zone() != "" {
+		return netip.Addr{}, invalid("%s %q: a zone is not accepted here", field, text)
+	}
+	return a, nil
+}
+
+// noOptions refuses every key of an options dictionary that has none.
+func noOptions(opts map[string]dbus.Variant) *dbus.Error {
+	if len(opts) == 0 {
+		return nil
+	}
+	return invalid("unknown option %q", slices.Sorted(maps.Keys(opts))[0])
+}
+
+func (s *Server) registerController(msg dbus.Message, path dbus.ObjectPath, opts map[string]dbus.Variant) *dbus.Error {
+	if err := noOptions(opts); err != nil {
+		return err
+	}
+	c, derr := s.authorize(msg)
+	if derr != nil {
+		return derr
+	}
+	return dbusError(s.ctl.register(c, string(path)))
+}
+
+func (s *Server) unregisterController(msg dbus.Message, path dbus.ObjectPath) *dbus.Error {
+	c, derr := s.authorize(msg)
+	if derr != nil {
+		return derr
+	}
+	return dbusError(s.ctl.unregister(c, string(path)))
+}
+
+func (s *Server) getConnectionByToken(token uint32) (dbus.ObjectPath, *dbus.Error) {
+	id, err := s.b.ConnectionByToken(s.ctx, token)
+	if err != nil {
+		return "", dbusError(err)
+	}
+	return ConnectionPath(id), nil
+}
+
+func (s *Server) addEndpoint(msg dbus.Message, address string, port uint16, flags []string, iface string, id uint8) (uint8, *dbus.Error) {
+	a, err := netip.ParseAddr(address)
+	if err != nil {
+		return 0, invalid("address: %v", err)
+	}
+	// A zone names the interface of a link-local address; it goes into the
+	// interface argument, and must not contradict it.
+	if zone := a.Zone(); zone != "" {
+		if !a.Is6() || !a.IsLinkLocalUnicast() {
+			return 0, invalid("address %q: a zone is only accepted on an IPv6 link-local address", address)
+		}
+		if iface != "" && iface != zone {
+			return 0, invalid("address %q: the zone contradicts interface %q", address, iface)
+		}
+		iface, a = zone, a.WithZone("")
+	}
+	c, derr := s.authorize(msg)
+	if derr != nil {
+		return 0, derr
+	}
+	got, err := s.b.AddEndpoint(s.ctx, c, service.Endpoint{ID: id, Address: a, Port: port, Flags: flags, Interface: iface})
+	if err != nil {
+		return 0, dbusError(err)
+	}
+	return got, nil
+}
+
+func (s *Server) removeEndpoint(msg dbus.Message, id uint8) *dbus.Error {
+	if id == 0 {
+		return invalid("endpoint id 0")
+	}
+	c, derr := s.authorize(msg)
+	if derr != nil {
+		return derr
+	}
+	return dbusError(s.b.RemoveEndpoint(s.ctx, c, id))
+}
+
+func (s *Server) setEndpointFlags(msg dbus.Message, id uint8, flags []string) *dbus.Error {
+	if id == 0 {
+		return invalid("endpoint id 0")
+	}
+	c, derr := s.authorize(msg)
+	if derr != nil {
+		return derr
+	}
+	return dbusError(s.b.SetEndpointFlags(s.ctx, c, id, flags))
+}
+
+func (s *Server) flushEndpoints(msg dbus.Message) *dbus.Error {
+	c, derr := s.authorize(msg)
+	if derr != nil {
+		return derr
+	}
+	return dbusError(s.b.FlushEndpoints(s.ctx, c))
+}
+
+func (s *Server) setLimits(msg dbus.Message, subflows, addAddrAccepted uint32) *dbus.Error {
+	c, derr := s.authorize(msg)
+	if derr != nil {
+		return derr
+	}
+	return dbusError(s.b.SetLimits(s.ctx, c, service.Limits{Subflows: subflows, AddAddrAccepted: addAddrAccepted}))
+}
+
+// connectionCall checks that msg was sent to a known connection object and
+// authorizes its sender.
+func (s *Server) connectionCall(msg dbus.Message) (uint64, service.Caller, *dbus.Error) {
+	conn, derr := s.connection(msgPath(msg))
+	if derr != nil {
+		return 0, service.Caller{}, derr
+	}
+	c, derr := s.authorize(msg)
+	if derr != nil {
+		return 0, service.Caller{}, derr
+	}
+	return conn.ID, c, nil
+}
+
+func (s *Server) announceAddress(msg dbus.Message, address string, port uint16, id uint8) (uint8, *dbus.Error) {
+	a, derr := parseAddr("address", address)
+	if derr != nil {
+		return 0, derr
+	}
+	conn, c, derr := s.connectionCall(msg)
+	if derr != nil {
+		return 0, derr
+	}
+	got, err := s.b.AnnounceAddress(s.ctx, c, conn, a, port, id)
+	if err != nil {
+		return 0, dbusError(err)
+	}
+	return got, nil
+}
+
+func (s *Server) removeAddress(msg dbus.Message, id uint8) *dbus.Error {
+	conn, c, derr := s.connectionCall(msg)
+	if derr != nil {
+		return derr
+	}
+	return dbusError(s.b.RemoveAddress(s.ctx, c, conn, id))
+}
+
+func (s *Server) createSubflow(msg dbus.Message, local, remote string, remotePort uint16, opts map[string]dbus.Variant) *dbus.Error {
+	r := service.SubflowRequest{RemotePort: remotePort}
+	var derr *dbus.Error
+	if r.LocalAddress, derr = parseAddr("local_address", local); derr != nil {
+		return derr
+	}
+	if r.RemoteAddress, derr = parseAddr("remote_address", remote); derr != nil {
+		return derr
+	}
+	for _, k := range slices.Sorted(maps.Keys(opts)) {
+		var ok bool
+		switch v := opts[k].Value(); k {
+		case "local_id":
+			r.LocalID, ok = v.(uint8)
+		case "local_port":
+			r.LocalPort, ok = v.(uint16)
+		case "backup":
+			r.Backup, ok = v.(bool)
+		case "interface":
+			r.Interface, ok = v.(string)
+		default:
+			return invalid("unknown option %q", k)
+		}
+		if !ok {
+			return invalid("option %q has type %s, want %s", k, opts[k].Signature(), subflowOptionTypes[k])
+		}
+	}
+	conn, c, derr := s.connectionCall(msg)
+	if derr != nil {
+		return derr
+	}
+	return dbusError(s.b.CreateSubflow(s.ctx, c, conn, r))
+}
+
+// subflowOptionTypes are the D-Bus types of CreateSubflow's options.
+var subflowOptionTypes = map[string]string{"local_id": "y", "local_port": "q", "backup": "b", "interface": "s"}
+
+// parseSubflow parses the 4-tuple naming a subflow.
+func parseSubflow(local string, localPort uint16, remote string, remotePort uint16) (l, r netip.AddrPort, derr *dbus.Error) {
+	la, derr := parseAddr("local_address", local)
+	if derr != nil {
+		return l, r, derr
+	}
+	ra, derr := parseAddr("remote_address", remote)
+	if derr != nil {
+		return l, r, derr
+	}
+	return netip.AddrPortFrom(la, localPort), netip.AddrPortFrom(ra, remotePort), nil
+}
+
+func (s *Server) removeSubflow(msg dbus.Message, local string, localPort uint16, remote string, remotePort uint16) *dbus.Error {
+	l, r, derr := parseSubflow(local, localPort, remote, remotePort)
+	if derr != nil {
+		return derr
+	}
+	conn, c, derr := s.connectionCall(msg)
+	if derr != nil {
+		return derr
+	}
+	return dbusError(s.b.RemoveSubflow(s.ctx, c, conn, l, r))
+}
+
+func (s *Server) setSubflowBackup(msg dbus.Message, local string, localPort uint16, remote string, remotePort uint16, backup bool) *dbus.Error {
+	l, r, derr := parseSubflow(local, localPort, remote, remotePort)
+	if derr != nil {
+		return derr
+	}
+	conn, c, derr := s.connectionCall(msg)
+	if derr != nil {
+		return derr
+	}
+	return dbusError(s.b.SetSubflowBackup(s.ctx, c, conn, l, r, backup))
+}

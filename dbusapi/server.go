@@ -1,0 +1,490 @@
+// Package dbusapi is the D-Bus front end of mptcp-pmd: it exports the
+// service org.mptcp.PathManager1 (the manager object, one object per MPTCP
+// connection, ObjectManager, properties and signals), identifies and
+// authorizes callers, validates arguments, forwards requests to the service
+// loop (a Backend) and maps its errors to the contract's D-Bus errors.
+//
+// Reads (Get, GetAll, GetManagedObjects, Introspect) are served from a
+// mirror of the state that Publish builds from the service's notifications,
+// so that what a client reads is consistent with the signals it received.
+package dbusapi
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/godbus/dbus/v5"
+
+	"github.com/mptcp-pmd/mptcp-pmd/service"
+)
+
+// Backend is what the front end needs from the service loop;
+// *service.Service implements it. Every request method returns an error
+// matching one of the service's sentinel errors.
+type Backend interface {
+	Manager(ctx context.Context) (service.Manager, error)
+	Connections(ctx context.Context) ([]service.Connection, error)
+	ConnectionByToken(ctx context.Context, token uint32) (uint64, error)
+
+	AddEndpoint(ctx context.Context, c service.Caller, e service.Endpoint) (uint8, error)
+	RemoveEndpoint(ctx context.Context, c service.Caller, id uint8) error
+	SetEndpointFlags(ctx context.Context, c service.Caller, id uint8, flags []string) error
+	FlushEndpoints(ctx context.Context, c service.Caller) error
+	SetLimits(ctx context.Context, c service.Caller, l service.Limits) error
+
+	AnnounceAddress(ctx context.Context, c service.Caller, conn uint64, addr netip.Addr, port uint16, id uint8) (uint8, error)
+	RemoveAddress(ctx context.Context, c service.Caller, conn uint64, id uint8) error
+	CreateSubflow(ctx context.Context, c service.Caller, conn uint64, r service.SubflowRequest) error
+	RemoveSubflow(ctx context.Context, c service.Caller, conn uint64, local, remote netip.AddrPort) error
+	SetSubflowBackup(ctx context.Context, c service.Caller, conn uint64, local, remote netip.AddrPort, backup bool) error
+
+	RegisterController(ctx context.Context, c service.Caller, path string) error
+	UnregisterController(ctx context.Context, c service.Caller, path string) error
+	// ControllerVanished tells the service that the bus name left the bus.
+	// It is called for every registered name that leaves, possibly more
+	// than once, and must not block for long.
+	ControllerVanished(name string)
+}
+
+// Options configure a Server.
+type Options struct {
+	// Authorizer decides who may call mutating methods. nil allows UID 0
+	// only.
+	Authorizer Authorizer
+	// Logger receives what the server cannot report to a caller. nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Server exports the service's objects on a bus connection. Create it with
+// New, load the state and take the name with RequestName, and feed it the
+// service's notifications through Publish.
+type Server struct {
+	conn *dbus.Conn
+	b    Backend
+	auth Authorizer
+	log  *slog.Logger
+
+	ctx    context.Context // for requests to the backend; done at Close
+	cancel context.CancelFunc
+
+	// pubMu serialises Publish: each notification updates the mirror and
+	// is emitted before the next one starts, so signals keep their order.
+	pubMu sync.Mutex
+
+	mu      sync.RWMutex // guards the mirror below
+	manager service.Manager
+	conns   map[uint64]service.Connection
+	gen     uint64 // counts notifications that changed the mirror
+	closed  bool
+
+	ctl controllers
+
+	managerXML    string
+	connectionXML string
+}
+
+// New exports the manager object /org/mptcp/PathManager1 and the connection
+// objects below it on conn, with the Properties, Introspectable, Peer and
+// ObjectManager interfaces, and starts watching for departed controllers.
+// It does not request the service name: call RequestName once the service
+// is ready.
+func New(conn *dbus.Conn, b Backend, opts Options) (*Server, error) {
+	s := &Server{
+		conn:  conn,
+		b:     b,
+		auth:  opts.Authorizer,
+		log:   opts.Logger,
+		conns: make(map[uint64]service.Connection),
+	}
+	if s.auth == nil {
+		s.auth = rootOnly{}
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	var err error
+	if s.managerXML, err = objectXML(ManagerInterface, true); err != nil {
+		return nil, err
+	}
+	if s.connectionXML, err = objectXML(ConnectionInterface, false); err != nil {
+		return nil, err
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.export(); err != nil {
+		s.unexport()
+		s.cancel()
+		return nil, err
+	}
+	s.ctl.start(s)
+	return s, nil
+}
+
+// export registers every object and interface with godbus. Everything is
+// registered here, once: connection objects are served by subtree handlers
+// that look the connection up in the mirror, so nothing is registered or
+// removed later.
+func (s *Server) export() error {
+	exports := []struct {
+		methods map[string]any
+		path    dbus.ObjectPath
+		iface   string
+		subtree bool
+	}{
+		{s.managerMethods(), ManagerPath, ManagerInterface, false},
+		{s.propertiesMethods(), ManagerPath, propertiesInterface, false},
+		{s.introspectMethods(), ManagerPath, introspectableInterface, false},
+		{map[string]any{"GetManagedObjects": s.getManagedObjects}, ManagerPath, objectManagerInterface, false},
+		{s.connectionMethods(), ConnectionsPath, ConnectionInterface, true},
+		{s.propertiesMethods(), ConnectionsPath, propertiesInterface, true},
+		{s.introspectMethods(), ConnectionsPath, introspectableInterface, true},
+		{s.introspectMethods(), "/", introspectableInterface, false},
+		{s.introspectMethods(), "/org", introspectableInterface, false},
+		{s.introspectMethods(), "/org/mptcp", introspectableInterface, false},
+	}
+	for _, e := range exports {
+		var err error
+		if e.subtree {
+			err = s.conn.ExportSubtreeMethodTable(e.methods, e.path, e.iface)
+		} else {
+			err = s.conn.ExportMethodTable(e.methods, e.path, e.iface)
+		}
+		if err != nil {
+			return fmt.Errorf("dbusapi: export %s on %s: %w", e.iface, e.path, err)
+		}
+	}
+	return nil
+}
+
+func (s *Server) unexport() {
+	for _, p := range []dbus.ObjectPath{ManagerPath, ConnectionsPath, "/", "/org", "/org/mptcp"} {
+		for _, iface := range []string{ManagerInterface, ConnectionInterface, propertiesInterface, introspectableInterface, objectManagerInterface} {
+			s.conn.Export(nil, p, iface)
+		}
+	}
+}
+
+// RequestName loads the current state from the backend (so the objects are
+// complete the moment the name appears), then requests the name
+// org.mptcp.PathManager1 without queueing. When another connection owns
+// the name, the error wraps ErrNameTaken.
+func (s *Server) RequestName(ctx context.Context) error {
+	if err := s.load(ctx); err != nil {
+		return err
+	}
+	var reply uint32
+	err := s.conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.RequestName", 0,
+		BusName, uint32(dbus.NameFlagDoNotQueue)).Store(&reply)
+	if err != nil {
+		return fmt.Errorf("dbusapi: request the name %s: %w", BusName, err)
+	}
+	switch dbus.RequestNameReply(reply) {
+	case dbus.RequestNameReplyPrimaryOwner, dbus.RequestNameReplyAlreadyOwner:
+		return nil
+	case dbus.RequestNameReplyExists:
+		var owner string
+		if err := s.conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetNameOwner", 0, BusName).Store(&owner); err != nil {
+			owner = "another connection"
+		}
+		return fmt.Errorf("dbusapi: %s is owned by %s (is another mptcp-pmd running?): %w", BusName, owner, ErrNameTaken)
+	default:
+		return fmt.Errorf("dbusapi: request the name %s: unexpected reply %q", BusName, dbus.RequestNameReply(reply))
+	}
+}
+
+// load fills the mirror from the backend. The service may publish while the
+// snapshots are taken; a snapshot older than a notification already applied
+// must not overwrite it, so load retries until no notification came in
+// between.
+func (s *Server) load(ctx context.Context) error {
+	for {
+		s.mu.RLock()
+		gen := s.gen
+		s.mu.RUnlock()
+		m, err := s.b.Manager(ctx)
+		if err != nil {
+			return fmt.Errorf("dbusapi: load the manager state: %w", err)
+		}
+		cs, err := s.b.Connections(ctx)
+		if err != nil {
+			return fmt.Errorf("dbusapi: load the connections: %w", err)
+		}
+		s.mu.Lock()
+		if s.gen == gen {
+			s.manager = m
+			s.conns = make(map[uint64]service.Connection, len(cs))
+			for _, c := range cs {
+				s.conns[c.ID] = c
+			}
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("dbusapi: load the state: %w", err)
+		}
+	}
+}
+
+// Close stops the server: it unexports the objects, stops watching
+// controllers and cancels the requests in flight. Publish does nothing
+// afterwards. It does not close the bus connection, which belongs to the
+// caller (closing it also releases the name).
+func (s *Server) Close() error {
+	s.pubMu.Lock()
+	s.mu.Lock()
+	already := s.closed
+	s.closed = true
+	s.mu.Unlock()
+	s.pubMu.Unlock()
+	if already {
+		return nil
+	}
+	s.cancel()
+	s.unexport()
+	s.ctl.stop()
+	return nil
+}
+
+// Publish turns a service notification into the mirror's new state and the
+// matching signals, emitted before Publish returns and so in the order of
+// the notifications. It satisfies service.Publisher.
+//
+// Emitting synchronously keeps the order without a queue and its goroutine;
+// it costs one write to the bus socket per signal, and dbus-daemon reads its
+// clients without waiting on anyone, so Publish does not wait for clients.
+func (s *Server) Publish(n service.Notification) {
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
+	s.mu.RLock()
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		return
+	}
+	switch n := n.(type) {
+	case service.ManagerChanged:
+		s.mu.Lock()
+		s.manager = n.Manager
+		s.gen++
+		s.mu.Unlock()
+		s.emitChanged(ManagerPath, ManagerInterface, pick(managerProps(n.Manager), n.Changed))
+	case service.ConnectionAdded:
+		s.connectionAdded(n.Connection)
+	case service.ConnectionChanged:
+		c := n.Connection
+		s.mu.Lock()
+		_, known := s.conns[c.ID]
+		s.conns[c.ID] = c
+		s.gen++
+		s.mu.Unlock()
+		if !known {
+			// Not announced yet (a notification that came before load):
+			// announce the whole object rather than a change to nothing.
+			s.emit(ManagerPath, objectManagerInterface+".InterfacesAdded", ConnectionPath(c.ID), connectionObject(c))
+			return
+		}
+		s.emitChanged(ConnectionPath(c.ID), ConnectionInterface, pick(connectionProps(c), n.Changed))
+	case service.ConnectionRemoved:
+		s.mu.Lock()
+		_, known := s.conns[n.Connection.ID]
+		delete(s.conns, n.Connection.ID)
+		s.gen++
+		s.mu.Unlock()
+		if known {
+			s.emit(ManagerPath, objectManagerInterface+".InterfacesRemoved",
+				ConnectionPath(n.Connection.ID), connectionInterfaces())
+		}
+	case service.SubflowEvent:
+		name := map[service.SubflowKind]string{
+			service.SubflowEstablished:     "SubflowEstablished",
+			service.SubflowClosed:          "SubflowClosed",
+			service.SubflowPriorityChanged: "SubflowPriorityChanged",
+		}[n.Kind]
+		if name == "" {
+			s.log.Warn("dbusapi: unknown subflow event kind", "kind", n.Kind)
+			return
+		}
+		sf := n.Subflow
+		args := []any{sf.LocalID, sf.RemoteID, addrString(sf.LocalAddress), sf.LocalPort,
+			addrString(sf.RemoteAddress), sf.RemotePort, sf.Backup, sf.Interface}
+		if n.Kind == service.SubflowClosed {
+			args = append(args, n.Error, n.ResetReason)
+		}
+		s.emitOnConnection(n.ConnectionID, name, args...)
+	case service.AddressAnnounced:
+		s.emitOnConnection(n.ConnectionID, "AddressAnnounced",
+			n.Address.ID, addrString(n.Address.Address), n.Address.Port)
+	case service.AddressRemoved:
+		s.emitOnConnection(n.ConnectionID, "AddressRemoved", n.RemoteID)
+	case service.ControllerReleased:
+		s.ctl.release(n)
+	default:
+		s.log.Warn("dbusapi: unknown notification", "type", fmt.Sprintf("%T", n))
+	}
+}
+
+func (s *Server) connectionAdded(c service.Connection) {
+	s.mu.Lock()
+	s.conns[c.ID] = c
+	s.gen++
+	s.mu.Unlock()
+	s.emit(ManagerPath, objectManagerInterface+".InterfacesAdded", ConnectionPath(c.ID), connectionObject(c))
+}
+
+// emitOnConnection emits a Connection signal, only for a connection the
+// clients know about: an object exists before its signals.
+func (s *Server) emitOnConnection(id uint64, member string, args ...any) {
+	s.mu.RLock()
+	_, known := s.conns[id]
+	s.mu.RUnlock()
+	if !known {
+		s.log.Debug("dbusapi: signal for an unknown connection dropped", "connection", id, "signal", member)
+		return
+	}
+	s.emit(ConnectionPath(id), ConnectionInterface+"."+member, args...)
+}
+
+func (s *Server) emitChanged(path dbus.ObjectPath, iface string, changed map[string]dbus.Variant) {
+	if len(changed) == 0 {
+		return
+	}
+	s.emit(path, propertiesInterface+".PropertiesChanged", iface, changed, []string{})
+}
+
+func (s *Server) emit(path dbus.ObjectPath, name string, args ...any) {
+	if err := s.conn.Emit(path, name, args...); err != nil {
+		s.log.Warn("dbusapi: emit signal", "path", path, "signal", name, "err", err)
+	}
+}
+
+// connectionObject is a connection object's entry in GetManagedObjects and
+// InterfacesAdded: its interfaces with their properties. Like BlueZ and
+// sd-bus, it lists the standard interfaces too, with no properties.
+func connectionObject(c service.Connection) map[string]map[string]dbus.Variant {
+	return map[string]map[string]dbus.Variant{
+		ConnectionInterface:     connectionProps(c),
+		propertiesInterface:     {},
+		introspectableInterface: {},
+		peerInterface:           {},
+	}
+}
+
+// connectionInterfaces are the interfaces of a connection object, as
+// InterfacesRemoved lists them.
+func connectionInterfaces() []string {
+	return []string{ConnectionInterface, propertiesInterface, introspectableInterface, peerInterface}
+}
+
+// getManagedObjects implements ObjectManager.GetManagedObjects.
+func (s *Server) getManagedObjects() (map[dbus.ObjectPath]map[string]map[string]dbus.Variant, *dbus.Error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[dbus.ObjectPath]map[string]map[string]dbus.Variant, len(s.conns))
+	for id, c := range s.conns {
+		out[ConnectionPath(id)] = connectionObject(c)
+	}
+	return out, nil
+}
+
+// propsOf returns the interface with properties at path and all their
+// values, from the mirror.
+func (s *Server) propsOf(path dbus.ObjectPath) (string, map[string]dbus.Variant, *dbus.Error) {
+	if path == ManagerPath {
+		s.mu.RLock()
+		m := s.manager
+		s.mu.RUnlock()
+		return ManagerInterface, managerProps(m), nil
+	}
+	c, err := s.connection(path)
+	if err != nil {
+		return "", nil, err
+	}
+	return ConnectionInterface, connectionProps(c), nil
+}
+
+// connection returns the mirrored connection of an object path.
+func (s *Server) connection(path dbus.ObjectPath) (service.Connection, *dbus.Error) {
+	id, ok := connectionID(path)
+	if ok {
+		s.mu.RLock()
+		c, known := s.conns[id]
+		s.mu.RUnlock()
+		if known {
+			return c, nil
+		}
+	}
+	return service.Connection{}, dbus.NewError(ErrorNotFound, []any{fmt.Sprintf("no connection object %s", path)})
+}
+
+func (s *Server) propertiesMethods() map[string]any {
+	return map[string]any{
+		"Get": func(msg dbus.Message, iface, name string) (dbus.Variant, *dbus.Error) {
+			own, props, err := s.propsOf(msgPath(msg))
+			if err != nil {
+				return dbus.Variant{}, err
+			}
+			if iface != own && iface != "" {
+				return dbus.Variant{}, unknownInterface(iface)
+			}
+			v, ok := props[name]
+			if !ok {
+				return dbus.Variant{}, unknownProperty(iface, name)
+			}
+			return v, nil
+		},
+		"GetAll": func(msg dbus.Message, iface string) (map[string]dbus.Variant, *dbus.Error) {
+			own, props, err := s.propsOf(msgPath(msg))
+			if err != nil {
+				return nil, err
+			}
+			switch iface {
+			case own, "":
+				return props, nil
+			case propertiesInterface, introspectableInterface, peerInterface:
+				return map[string]dbus.Variant{}, nil
+			case objectManagerInterface:
+				if own == ManagerInterface {
+					return map[string]dbus.Variant{}, nil
+				}
+			}
+			return nil, unknownInterface(iface)
+		},
+		"Set": func(msg dbus.Message, iface, name string, _ dbus.Variant) *dbus.Error {
+			own, props, err := s.propsOf(msgPath(msg))
+			if err != nil {
+				return err
+			}
+			if iface != own && iface != "" {
+				return unknownInterface(iface)
+			}
+			if _, ok := props[name]; !ok {
+				return unknownProperty(iface, name)
+			}
+			return dbus.NewError(errorReadOnly, []any{fmt.Sprintf("property %s is read-only", name)})
+		},
+	}
+}
+
+func unknownInterface(iface string) *dbus.Error {
+	return dbus.NewError(errorUnknownInterface, []any{fmt.Sprintf("no interface %s with properties here", iface)})
+}
+
+func unknownProperty(iface, name string) *dbus.Error {
+	return dbus.NewError(errorUnknownProperty, []any{fmt.Sprintf("no property %s.%s", iface, name)})
+}
+
+// msgPath is the object path a method call was sent to.
+func msgPath(msg dbus.Message) dbus.ObjectPath {
+	p, _ := msg.Headers[dbus.FieldPath].Value().(dbus.ObjectPath)
+	return p
+}
+
+// msgSender is the unique name of a method call's sender.
+func msgSender(msg dbus.Message) string {
+	s, _ := msg.Headers[dbus.FieldSender].Value().(string)
+	return s
+}
