@@ -1,0 +1,137 @@
+package service
+
+import (
+	"errors"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
+)
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "mptcp-pmd.toml")
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadConfigEmptyIsDefault(t *testing.T) {
+	cfg, err := LoadConfig(writeConfig(t, "# nothing\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg, DefaultConfig()) {
+		t.Errorf("empty file:\n got %+v\nwant %+v", cfg, DefaultConfig())
+	}
+}
+
+func TestLoadConfigFull(t *testing.T) {
+	cfg, err := LoadConfig(writeConfig(t, `
+policy = "subflow-per-interface"
+log_level = "debug"
+
+[limits]
+subflows = 4
+add_addr_accepted = 2
+
+[filter]
+skip_loopback = false
+skip_link_local = false
+skip_tentative = false
+require_default_route = true
+interfaces_allow = ["eth*", "wlan0"]
+interfaces_deny = []
+
+[endpoints]
+flags = ["subflow", "signal"]
+
+[interfaces.wwan0]
+flags = ["subflow", "backup"]
+
+[interfaces.eth1]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		Policy:   PolicySubflowPerInterface,
+		LogLevel: slog.LevelDebug,
+		Limits:   &Limits{Subflows: 4, AddAddrAccepted: 2},
+		Filter: Filter{
+			RequireDefaultRoute: true,
+			InterfacesAllow:     []string{"eth*", "wlan0"},
+			InterfacesDeny:      []string{},
+		},
+		EndpointFlags: pm.FlagSubflow | pm.FlagSignal,
+		Interfaces: map[string]InterfaceConfig{
+			"wwan0": {Flags: pm.FlagSubflow | pm.FlagBackup},
+			"eth1":  {Flags: pm.FlagSubflow | pm.FlagSignal}, // the [endpoints] flags
+		},
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("config:\n got %+v\nwant %+v", cfg, want)
+	}
+}
+
+func TestLoadConfigErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		text string
+		want string // after "FILE:"
+	}{
+		{"unknown top-level key", "policy = \"none\"\npolicyy = \"none\"\n", `2: unknown key policyy`},
+		{"unknown key in a table", "[filter]\nskip_loopback = true\nskip_lo = true\n", `3: unknown key filter.skip_lo`},
+		{"unknown table, reported once", "\n[filters]\nskip_loopback = true\nx = 1\n", `2: unknown key filters`},
+		{"unknown key in an interface", "[interfaces.wwan0]\nflags = []\nmetric = 3\n", `3: unknown key interfaces.wwan0.metric`},
+		{"dotted unknown key", "filter.skip_all = true\n", `1: unknown key filter.skip_all`},
+		{"unknown policy", "\n\npolicy = \"mesh\"\n", `3: policy: unknown policy "mesh"`},
+		{"policy of the wrong type", "policy = 3\n", `1: policy: policy must be a string`},
+		{"unknown log level", "log_level = \"loud\"\n", `1: log_level: unknown log level "loud"`},
+		{"unknown endpoint flag", "[endpoints]\nflags = [\"subflow\", \"bakup\"]\n", `2: endpoints.flags: unknown flag "bakup"`},
+		{"unknown interface flag", "[interfaces.eth0]\n\nflags = [\"fulmesh\"]\n", `3: interfaces.eth0.flags: unknown flag "fulmesh"`},
+		{"flags not strings", "[endpoints]\nflags = [1]\n", `2: endpoints.flags: want an array of strings`},
+		{"bad pattern", "[filter]\ninterfaces_deny = [\"eth[\"]\n", `2: filter.interfaces_deny: bad interface pattern "eth["`},
+		{"wrong type", "[limits]\nsubflows = \"four\"\nadd_addr_accepted = 1\n", `2: limits.subflows: incompatible types`},
+		{"bool of the wrong type", "[filter]\nskip_loopback = \"yes\"\n", `2: filter.skip_loopback: incompatible types`},
+		{"half the limits", "policy = \"none\"\n[limits]\nsubflows = 4\n", `2: limits: set both`},
+		{"syntax error", "policy = \"none\"\nlog_level = = \"info\"\n", `2: `},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writeConfig(t, tt.text)
+			_, err := LoadConfig(p)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if want := p + ":" + tt.want; !strings.HasPrefix(err.Error(), want) {
+				t.Errorf("error\n  %s\nwant it to start with\n  %s", err, want)
+			}
+		})
+	}
+}
+
+func TestLoadConfigReportsEveryUnknownKey(t *testing.T) {
+	p := writeConfig(t, "a = 1\n[filter]\nb = 2\n")
+	_, err := LoadConfig(p)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	want := p + ":1: unknown key a\n" + p + ":3: unknown key filter.b"
+	if err.Error() != want {
+		t.Errorf("error\n%s\nwant\n%s", err, want)
+	}
+}
+
+func TestLoadConfigMissingFile(t *testing.T) {
+	_, err := LoadConfig(filepath.Join(t.TempDir(), "none.toml"))
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("error %v, want a not-exist error", err)
+	}
+}

@@ -1,0 +1,197 @@
+package service
+
+import (
+	"cmp"
+	"net/netip"
+	"path"
+	"slices"
+)
+
+// NetEventKind says what a NetEvent reports.
+type NetEventKind uint8
+
+// Kinds of NetEvent.
+const (
+	NetLinkChanged    NetEventKind = iota + 1 // Link appeared or changed
+	NetLinkRemoved                            // Link (by Index) is gone, with its addresses and routes
+	NetAddressAdded                           // Address appeared or changed
+	NetAddressRemoved                         // Address is gone
+	NetRouteAdded                             // Route appeared
+	NetRouteRemoved                           // Route is gone
+	NetSynced                                 // the initial state has been sent in full
+)
+
+// NetEvent is a change of the host's links, addresses or routes, as the
+// daemon's network monitor reports it. Which field is set depends on Kind.
+// The daemon's main adapts its monitor's updates into NetEvents, so the
+// service does not depend on the monitor's types.
+type NetEvent struct {
+	Kind    NetEventKind
+	Link    Link
+	Address LinkAddress
+	Route   Route
+}
+
+// Link is a network interface.
+type Link struct {
+	Index    int
+	Name     string
+	Up       bool // administratively up
+	Carrier  bool // lower layer up
+	Loopback bool
+}
+
+// LinkAddress is an address of a link.
+type LinkAddress struct {
+	Index      int          // the link's index
+	Prefix     netip.Prefix // address and prefix length
+	Tentative  bool         // IPv6 duplicate address detection not done yet
+	Deprecated bool         // IPv6 preferred lifetime is over
+}
+
+// Route is a route out of a link; only default routes (Dst.Bits() == 0)
+// matter to the service.
+type Route struct {
+	Index int          // the outgoing link's index
+	Dst   netip.Prefix // 0.0.0.0/0 or ::/0 for a default route
+}
+
+// netState is the service's copy of the host's links, addresses and default
+// routes, from NetEvents.
+type netState struct {
+	links    map[int]Link
+	addrs    map[addrKey]LinkAddress
+	defaults map[defaultKey]int // number of default routes per link and family
+}
+
+type addrKey struct {
+	index int
+	addr  netip.Addr
+}
+
+type defaultKey struct {
+	index int
+	v6    bool
+}
+
+func newNetState() *netState {
+	return &netState{
+		links:    make(map[int]Link),
+		addrs:    make(map[addrKey]LinkAddress),
+		defaults: make(map[defaultKey]int),
+	}
+}
+
+// apply records ev. It reports whether the event can change which local
+// addresses are usable.
+func (n *netState) apply(ev NetEvent) bool {
+	switch ev.Kind {
+	case NetLinkChanged:
+		n.links[ev.Link.Index] = ev.Link
+	case NetLinkRemoved:
+		delete(n.links, ev.Link.Index)
+		for k := range n.addrs {
+			if k.index == ev.Link.Index {
+				delete(n.addrs, k)
+			}
+		}
+		for k := range n.defaults {
+			if k.index == ev.Link.Index {
+				delete(n.defaults, k)
+			}
+		}
+	case NetAddressAdded:
+		n.addrs[addrKey{ev.Address.Index, ev.Address.Prefix.Addr()}] = ev.Address
+	case NetAddressRemoved:
+		delete(n.addrs, addrKey{ev.Address.Index, ev.Address.Prefix.Addr()})
+	case NetRouteAdded, NetRouteRemoved:
+		if !ev.Route.Dst.IsValid() || ev.Route.Dst.Bits() != 0 {
+			return false
+		}
+		k := defaultKey{ev.Route.Index, ev.Route.Dst.Addr().Is6()}
+		if ev.Kind == NetRouteAdded {
+			n.defaults[k]++
+		} else if n.defaults[k] <= 1 {
+			delete(n.defaults, k)
+		} else {
+			n.defaults[k]--
+		}
+	case NetSynced:
+	default:
+		return false
+	}
+	return true
+}
+
+// linkName returns the name of the link with index i, or "".
+func (n *netState) linkName(i int32) string {
+	if i == 0 {
+		return ""
+	}
+	return n.links[int(i)].Name
+}
+
+// linkIndex returns the index of the link named name.
+func (n *netState) linkIndex(name string) (int32, bool) {
+	for _, l := range n.links {
+		if l.Name == name {
+			return int32(l.Index), true
+		}
+	}
+	return 0, false
+}
+
+// usable returns the local addresses that pass the filter, sorted by
+// interface name and address.
+func (n *netState) usable(f Filter) []LocalAddress {
+	out := []LocalAddress{}
+	for k, a := range n.addrs {
+		l, ok := n.links[k.index]
+		if !ok {
+			continue
+		}
+		if f.passes(l, a, n.defaults[defaultKey{k.index, k.addr.Is6()}] > 0) {
+			out = append(out, LocalAddress{Interface: l.Name, Address: k.addr})
+		}
+	}
+	slices.SortFunc(out, func(a, b LocalAddress) int {
+		return cmp.Or(cmp.Compare(a.Interface, b.Interface), a.Address.Compare(b.Address))
+	})
+	return out
+}
+
+// passes reports whether address a of link l is usable under the filter:
+// the link must be up with carrier, and the address must pass every check
+// the configuration enables. hasDefault says whether a default route of the
+// address's family leaves through l.
+func (f Filter) passes(l Link, a LinkAddress, hasDefault bool) bool {
+	addr := a.Prefix.Addr()
+	switch {
+	case !l.Up || !l.Carrier:
+		return false
+	case f.SkipLoopback && (l.Loopback || addr.IsLoopback()):
+		return false
+	case f.SkipLinkLocal && addr.IsLinkLocalUnicast():
+		return false
+	case f.SkipTentative && (a.Tentative || a.Deprecated):
+		return false
+	case f.RequireDefaultRoute && !hasDefault:
+		return false
+	case matchAny(f.InterfacesDeny, l.Name):
+		return false
+	case len(f.InterfacesAllow) > 0 && !matchAny(f.InterfacesAllow, l.Name):
+		return false
+	}
+	return true
+}
+
+// matchAny reports whether name matches one of the shell patterns, which
+// LoadConfig has checked.
+func matchAny(patterns []string, name string) bool {
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, name); ok {
+			return true
+		}
+	}
+	return false
+}
