@@ -1,0 +1,261 @@
+// Command mptcp-pmd is the Multipath TCP path-manager daemon: it follows the
+// kernel's MPTCP connections and the host's addresses, runs a built-in
+// path-management policy, and exports org.mptcp.PathManager1 on the system
+// bus so that other programs can watch and steer MPTCP paths.
+//
+// This file holds the flags and the wiring; the work is done by the
+// service, dbusapi and pm packages.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/mptcp-pmd/mptcp-pmd/dbusapi"
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/netmon"
+	"github.com/mptcp-pmd/mptcp-pmd/service"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+const defaultConfigPath = "/etc/mptcp-pmd/mptcp-pmd.toml"
+
+func main() {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "mptcp-pmd: %v\n", err)
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+var errUsage = errors.New("usage")
+
+// options are the command line's.
+type options struct {
+	configPath string
+	configSet  bool // --config was given: a missing file is an error
+	logLevel   string
+	policy     string
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fl := flag.NewFlagSet("mptcp-pmd", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	fl.StringVar(&o.configPath, "config", defaultConfigPath, "configuration `file` (TOML)")
+	fl.StringVar(&o.logLevel, "log-level", "", "log `level`: debug, info, warn, error (overrides the file)")
+	fl.StringVar(&o.policy, "policy", "", "built-in `policy`: endpoints, subflow-per-interface, fullmesh, none (overrides the file)")
+	showVersion := fl.Bool("version", false, "print the version and exit")
+	fl.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: mptcp-pmd [options]\n\nThe Multipath TCP path-manager daemon (D-Bus name org.mptcp.PathManager1).\n\nOptions:\n")
+		fl.PrintDefaults()
+	}
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		return o, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fl.NArg() > 0 {
+		return o, fmt.Errorf("%w: unexpected argument %q", errUsage, fl.Arg(0))
+	}
+	if *showVersion {
+		fmt.Println("mptcp-pmd", version)
+		os.Exit(0)
+	}
+	fl.Visit(func(f *flag.Flag) {
+		if f.Name == "config" {
+			o.configSet = true
+		}
+	})
+	return o, nil
+}
+
+// loadConfig reads the configuration file and applies the command line's
+// overrides. A missing default file means the defaults.
+func loadConfig(o options) (service.Config, error) {
+	cfg, err := service.LoadConfig(o.configPath)
+	if errors.Is(err, fs.ErrNotExist) && !o.configSet {
+		cfg, err = service.DefaultConfig(), nil
+	}
+	if err != nil {
+		return cfg, err
+	}
+	if o.policy != "" {
+		switch o.policy {
+		case service.PolicyEndpoints, service.PolicySubflowPerInterface, service.PolicyFullmesh, service.PolicyNone:
+			cfg.Policy = o.policy
+		default:
+			return cfg, fmt.Errorf("--policy: unknown policy %q (endpoints, subflow-per-interface, fullmesh, none)", o.policy)
+		}
+	}
+	if o.logLevel != "" {
+		if err := cfg.LogLevel.UnmarshalText([]byte(o.logLevel)); err != nil {
+			return cfg, fmt.Errorf("--log-level: %w", err)
+		}
+	}
+	return cfg, nil
+}
+
+func run(args []string, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfig(o)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	if on, err := pm.MPTCPEnabled(); err != nil {
+		return fmt.Errorf("this kernel has no MPTCP (%v)", err)
+	} else if !on {
+		return errors.New("MPTCP is disabled in this network namespace: set net.mptcp.enabled=1")
+	}
+	client, err := pm.Dial(nil)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	events, err := pm.ListenEvents(nil)
+	if errors.Is(err, pm.ErrPermission) {
+		return fmt.Errorf("%w: the daemon needs CAP_NET_ADMIN to follow MPTCP events", err)
+	}
+	if err != nil {
+		return err
+	}
+	defer events.Close()
+	mon, err := netmon.Start(ctx, netmon.Options{})
+	if err != nil {
+		return fmt.Errorf("network monitor: %w", err)
+	}
+
+	conn, err := dbusapi.ConnectSystemBus()
+	if err != nil {
+		return fmt.Errorf("system bus: %w", err)
+	}
+	defer conn.Close()
+
+	var pub publisher
+	svc := service.New(cfg, service.Deps{
+		Kernel:    client,
+		Publisher: &pub,
+		Logger:    log,
+		Version:   version,
+	})
+	srv, err := dbusapi.New(conn, svc, dbusapi.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	pub.Publisher = srv
+
+	kernelEvents := make(chan pm.Event, 1024)
+	go readEvents(events, kernelEvents, svc, log)
+	netEvents := make(chan service.NetEvent, 256)
+	go adaptNet(mon.Updates(), netEvents)
+
+	runErr := make(chan error, 1)
+	go func() { runErr <- svc.Run(ctx, kernelEvents, netEvents) }()
+	if err := srv.RequestName(ctx); err != nil {
+		stop()
+		<-runErr
+		return err
+	}
+	log.Info("mptcp-pmd running", "version", version, "policy", cfg.Policy, "bus_name", dbusapi.BusName)
+	err = <-runErr
+	log.Info("mptcp-pmd stopping")
+	return err
+}
+
+// publisher lets the service be built before the D-Bus server it publishes
+// to; Publisher is set before the service runs.
+type publisher struct{ service.Publisher }
+
+// readEvents hands the kernel's events to the service, in order, until the
+// listener is closed. Lost events (a full socket) make the service resync.
+func readEvents(l *pm.EventListener, out chan<- pm.Event, svc *service.Service, log *slog.Logger) {
+	defer close(out)
+	buf := make([]pm.Event, 0, 64)
+	for {
+		evs, err := l.Receive(buf)
+		for _, ev := range evs {
+			out <- ev
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, pm.ErrOverflow):
+			log.Warn("kernel events were lost (event socket overflow)")
+			svc.Overflow()
+		case errors.Is(err, pm.ErrInvalid):
+			log.Warn("malformed kernel event skipped", "err", err)
+		case errors.Is(err, net.ErrClosed):
+			return
+		default:
+			log.Error("reading kernel events failed", "err", err)
+			return
+		}
+		buf = evs[:0]
+	}
+}
+
+// adaptNet turns the network monitor's updates into the service's events.
+func adaptNet(in <-chan netmon.Update, out chan<- service.NetEvent) {
+	defer close(out)
+	for u := range in {
+		ev := service.NetEvent{Link: service.Link{
+			Index: u.Link.Index, Name: u.Link.Name, Up: u.Link.Up, Carrier: u.Link.Carrier, Loopback: u.Link.Loopback,
+		}}
+		switch u.Kind {
+		case netmon.LinkChanged:
+			ev.Kind = service.NetLinkChanged
+		case netmon.LinkRemoved:
+			ev.Kind = service.NetLinkRemoved
+		case netmon.AddressAdded, netmon.AddressChanged, netmon.AddressRemoved:
+			ev.Kind = service.NetAddressAdded
+			if u.Kind == netmon.AddressRemoved {
+				ev.Kind = service.NetAddressRemoved
+			}
+			ev.Address = service.LinkAddress{
+				Index:      u.Address.Index,
+				Prefix:     u.Address.Prefix,
+				Tentative:  u.Address.Flags&netmon.Tentative != 0,
+				Deprecated: u.Address.Flags&netmon.Deprecated != 0,
+			}
+		case netmon.RouteAdded, netmon.RouteRemoved:
+			ev.Kind = service.NetRouteAdded
+			if u.Kind == netmon.RouteRemoved {
+				ev.Kind = service.NetRouteRemoved
+			}
+			bits := 0
+			zero := netip.IPv4Unspecified()
+			if u.Route.Family == netmon.FamilyIPv6 {
+				zero = netip.IPv6Unspecified()
+			}
+			ev.Route = service.Route{Index: u.Route.Index, Dst: netip.PrefixFrom(zero, bits)}
+		case netmon.Synced:
+			ev.Kind = service.NetSynced
+		default:
+			continue
+		}
+		out <- ev
+	}
+}
