@@ -40,6 +40,7 @@ func TestLabCarriesMultipathTraffic(t *testing.T) {
 }
 
 func TestNamespaceIsRemoved(t *testing.T) {
+	pmtest.RequireLab(t)
 	var name string
 	t.Run("inner", func(t *testing.T) {
 		h := pmtest.NewNamespace(t)
