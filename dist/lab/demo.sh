@@ -40,7 +40,7 @@ say "Lab: $cli <-> $srv over two veth pairs"
 for ns in "$cli" "$srv"; do
 	ip netns add "$ns"
 	nsx "$ns" ip link set lo up
-	nsx "$ns" sysctl -qw net.mptcp.enabled=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+	nsx "$ns" sysctl -qw net.mptcp.enabled=1 net.mptcp.add_addr_timeout=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
 	nsx "$ns" ip mptcp limits set subflows 8 add_addr_accepted 8
 done
 for i in 0 1; do

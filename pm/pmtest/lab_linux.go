@@ -119,6 +119,9 @@ func newHost(tb testing.TB, name string) *Host {
 	h.Run(tb, "ip", "link", "set", "lo", "up")
 	for _, kv := range []string{
 		"net.mptcp.enabled=1",
+		// An ADD_ADDR the peer did not take (it can come before the peer's
+		// side is fully established) is sent again after 1 s, not 120 s.
+		"net.mptcp.add_addr_timeout=1",
 		"net.ipv4.conf.all.rp_filter=0",
 		"net.ipv4.conf.default.rp_filter=0",
 		"net.ipv6.conf.all.accept_dad=0",
