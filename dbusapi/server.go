@@ -114,12 +114,14 @@ func New(conn *dbus.Conn, b Backend, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	// The controller watch is ready before the first method can arrive.
+	s.ctl.start(s)
 	if err := s.export(); err != nil {
 		s.unexport()
+		s.ctl.stop()
 		s.cancel()
 		return nil, err
 	}
-	s.ctl.start(s)
 	return s, nil
 }
 
