@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"net/netip"
 	"testing"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
@@ -43,6 +44,7 @@ func BenchmarkEventToNotification(b *testing.B) {
 					subEvent(pm.EventSubClosed, token, 1000, false), closed(token)}
 			}
 			s.handleEvent(cycle[i%5])
+			s.flush()
 		}
 		if pub.n == 0 {
 			b.Fatal("nothing published")
@@ -65,4 +67,34 @@ func BenchmarkEventToNotification(b *testing.B) {
 			<-done
 		}
 	})
+}
+
+// nullKernel accepts every command at once and emits nothing.
+type nullKernel struct{ *pmtest.FakeKernel }
+
+func (nullKernel) CreateSubflow(uint32, pm.Address, netip.AddrPort) error { return nil }
+
+// BenchmarkPolicyReaction measures the service's own part of a policy's
+// reaction: from a connection's ESTABLISHED to the CreateSubflow command
+// of the subflow-per-interface policy (three interfaces, two subflows),
+// without the kernel. One op is one connection: CREATED, ESTABLISHED,
+// CLOSED.
+func BenchmarkPolicyReaction(b *testing.B) {
+	cfg := DefaultConfig()
+	cfg.Policy = PolicySubflowPerInterface
+	s := New(cfg, Deps{Kernel: nullKernel{pmtest.NewFakeKernel()}, Publisher: &discard{},
+		PathManager: func() (string, error) { return "userspace", nil }})
+	s.live = true
+	for _, ev := range append(hostNet(3), synced) {
+		s.handleNet(ev)
+	}
+	s.setLimits(Limits{Subflows: 8, AddAddrAccepted: 8})
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		token := uint32(i)
+		s.handleEvent(created(token))
+		s.handleEvent(established(token))
+		s.handleEvent(closed(token))
+		s.flush()
+	}
 }

@@ -15,40 +15,44 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 )
 
-// Names of the built-in policies (Config.Policy).
+// Names of the built-in policies (Config.Policy); policy.Names lists every
+// registered one.
 const (
-	PolicyEndpoints           = "endpoints"
-	PolicySubflowPerInterface = "subflow-per-interface"
-	PolicyFullmesh            = "fullmesh"
-	PolicyNone                = "none"
+	PolicyEndpoints           = policy.NameEndpoints
+	PolicySubflowPerInterface = policy.NameSubflowPerInterface
+	PolicyFullmesh            = policy.NameFullmesh
+	PolicyNone                = policy.NameNone
 )
-
-var policies = []string{PolicyEndpoints, PolicySubflowPerInterface, PolicyFullmesh, PolicyNone}
 
 // Config is the daemon's configuration, from the TOML file
 // /etc/mptcp-pmd/mptcp-pmd.toml.
 type Config struct {
-	Policy        string     // one of the Policy* names
-	LogLevel      slog.Level // log_level: debug, info, warn, error (for the daemon's logger)
-	Limits        *Limits    // [limits]: set at start; nil = leave the kernel's
-	Filter        Filter     // [filter]: which local addresses are usable
-	EndpointFlags pm.Flags   // [endpoints] flags: of the endpoints a policy makes
+	Policy   string     // policy: a registered policy name (policy.Names)
+	LogLevel slog.Level // log_level: debug, info, warn, error (for the daemon's logger)
+	Limits   *Limits    // [limits]: set at start and reload; nil = leave the kernel's
+	// Filter ([filter]) says which local addresses are usable: what
+	// Manager.LocalAddresses shows and the policy works with. Its keys are
+	// skip_loopback, skip_link_local, skip_tentative (tentative and
+	// deprecated IPv6 addresses), require_default_route, interfaces_allow
+	// and interfaces_deny (Allow and Deny).
+	Filter        policy.FilterConfig
+	EndpointFlags pm.Flags // [endpoints] flags: of the endpoints a policy makes
+	// RemoveOnExit ([endpoints] remove_on_exit) removes the endpoints the
+	// built-in policy made when the daemon stops cleanly.
+	RemoveOnExit bool
+	// SetPathManager (set_path_manager) lets the daemon set the network
+	// namespace's path manager (net.mptcp.path_manager) to the one the
+	// policy needs; otherwise it only says what to do.
+	SetPathManager bool
 	// Interfaces holds per-interface overrides ([interfaces.NAME]) by name.
 	Interfaces map[string]InterfaceConfig
-}
-
-// Filter says which local addresses are usable (Manager.LocalAddresses and
-// the policies' input). An address is never usable while its link is down
-// or without carrier.
-type Filter struct {
-	SkipLoopback        bool     // skip_loopback
-	SkipLinkLocal       bool     // skip_link_local
-	SkipTentative       bool     // skip_tentative: tentative and deprecated IPv6 addresses
-	RequireDefaultRoute bool     // require_default_route: a default route of the family leaves through the link
-	InterfacesAllow     []string // interfaces_allow: if not empty, only links matching one of these (path.Match)
-	InterfacesDeny      []string // interfaces_deny: never links matching one of these
+	// AuthGroups ([authorization] groups) are the groups, by name or gid,
+	// whose members may call the mutating D-Bus methods, as root may.
+	// Others need polkit's yes.
+	AuthGroups []string
 }
 
 // InterfaceConfig overrides settings for one interface.
@@ -56,19 +60,58 @@ type InterfaceConfig struct {
 	Flags pm.Flags // endpoint flags for the interface's addresses
 }
 
-// DefaultConfig returns the configuration used when the file sets nothing.
+// DefaultConfig returns the configuration used when the file sets nothing:
+// the endpoints policy, policy.DefaultFilter, subflow endpoints removed on
+// exit.
 func DefaultConfig() Config {
 	return Config{
-		Policy:   PolicyNone,
-		LogLevel: slog.LevelInfo,
-		Filter: Filter{
-			SkipLoopback:   true,
-			SkipLinkLocal:  true,
-			SkipTentative:  true,
-			InterfacesDeny: []string{"docker*", "veth*", "virbr*"},
-		},
+		Policy:        PolicyEndpoints,
+		LogLevel:      slog.LevelInfo,
+		Filter:        policy.DefaultFilter(),
 		EndpointFlags: pm.FlagSubflow,
+		RemoveOnExit:  true,
 	}
+}
+
+// flagsFor returns the endpoint flags of the addresses of interface name.
+func (c *Config) flagsFor(name string) pm.Flags {
+	if ic, ok := c.Interfaces[name]; ok {
+		return ic.Flags
+	}
+	return c.EndpointFlags
+}
+
+// Validate checks a configuration made in code the way LoadConfig checks a
+// file: a registered policy, well-formed interface patterns, endpoint flags
+// the kernel accepts together.
+func (c *Config) Validate() error {
+	if _, err := policy.New(c.Policy); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := c.Filter.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := checkFlags(c.EndpointFlags); err != nil {
+		return fmt.Errorf("config: endpoints.flags: %w", err)
+	}
+	for name, ic := range c.Interfaces {
+		if err := checkFlags(ic.Flags); err != nil {
+			return fmt.Errorf("config: interfaces.%s.flags: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// checkFlags refuses endpoint flags the kernel refuses together, or that
+// only the kernel sets.
+func checkFlags(f pm.Flags) error {
+	switch {
+	case f&pm.FlagSignal != 0 && f&pm.FlagFullmesh != 0:
+		return errors.New("signal and fullmesh together are refused by the kernel")
+	case f&pm.FlagImplicit != 0:
+		return errors.New("implicit is set by the kernel only")
+	}
+	return nil
 }
 
 // LoadConfig reads the configuration file at path. Keys it does not set keep
@@ -86,12 +129,49 @@ func LoadConfig(path string) (Config, error) {
 // The file's form. Values that need checking have their own types, whose
 // UnmarshalTOML errors the decoder reports with the key's position.
 type fileConfig struct {
-	Policy     policyName                   `toml:"policy"`
-	LogLevel   logLevel                     `toml:"log_level"`
-	Limits     *fileLimits                  `toml:"limits"`
-	Filter     fileFilter                   `toml:"filter"`
-	Endpoints  fileEndpoints                `toml:"endpoints"`
-	Interfaces map[string]fileInterfaceConf `toml:"interfaces"`
+	Policy         policyName                   `toml:"policy"`
+	LogLevel       logLevel                     `toml:"log_level"`
+	SetPathManager bool                         `toml:"set_path_manager"`
+	Limits         *fileLimits                  `toml:"limits"`
+	Filter         fileFilter                   `toml:"filter"`
+	Endpoints      fileEndpoints                `toml:"endpoints"`
+	Interfaces     map[string]fileInterfaceConf `toml:"interfaces"`
+
+	Authorization fileAuthorization `toml:"authorization"`
+}
+
+type fileAuthorization struct {
+	Groups groupList `toml:"groups"`
+}
+
+// groupList is a list of groups, each a name or a gid (a number, or a
+// string of digits).
+type groupList []string
+
+func (g *groupList) UnmarshalTOML(v any) error {
+	arr, ok := v.([]any)
+	if !ok {
+		return fmt.Errorf("want an array of group names or numbers, not %T", v)
+	}
+	out := make([]string, 0, len(arr))
+	for _, e := range arr {
+		switch e := e.(type) {
+		case string:
+			if e == "" || strings.ContainsAny(e, ": \t\n\r\x00") {
+				return fmt.Errorf("bad group name %q", e)
+			}
+			out = append(out, e)
+		case int64:
+			if e < 0 || e >= 1<<32-1 {
+				return fmt.Errorf("bad gid %d", e)
+			}
+			out = append(out, strconv.FormatInt(e, 10))
+		default:
+			return fmt.Errorf("want a group name or number, found %T", e)
+		}
+	}
+	*g = out
+	return nil
 }
 
 type fileLimits struct {
@@ -109,7 +189,8 @@ type fileFilter struct {
 }
 
 type fileEndpoints struct {
-	Flags *flagWords `toml:"flags"`
+	Flags        *flagWords `toml:"flags"`
+	RemoveOnExit *bool      `toml:"remove_on_exit"`
 }
 
 type fileInterfaceConf struct {
@@ -123,8 +204,8 @@ func (p *policyName) UnmarshalTOML(v any) error {
 	if !ok {
 		return fmt.Errorf("policy must be a string, not %T", v)
 	}
-	if !slices.Contains(policies, s) {
-		return fmt.Errorf("unknown policy %q (want one of %s)", s, strings.Join(policies, ", "))
+	if !slices.Contains(policy.Names(), s) {
+		return fmt.Errorf("unknown policy %q (want one of %s)", s, strings.Join(policy.Names(), ", "))
 	}
 	*p = policyName(s)
 	return nil
@@ -159,6 +240,9 @@ func (f *flagWords) UnmarshalTOML(v any) error {
 			return fmt.Errorf("unknown flag %q", w)
 		}
 		flags |= b
+	}
+	if err := checkFlags(flags); err != nil {
+		return err
 	}
 	*f = flagWords(flags)
 	return nil
@@ -208,8 +292,8 @@ func parseConfig(name, data string) (Config, error) {
 			SkipLinkLocal:       def.Filter.SkipLinkLocal,
 			SkipTentative:       def.Filter.SkipTentative,
 			RequireDefaultRoute: def.Filter.RequireDefaultRoute,
-			InterfacesAllow:     def.Filter.InterfacesAllow,
-			InterfacesDeny:      def.Filter.InterfacesDeny,
+			InterfacesAllow:     def.Filter.Allow,
+			InterfacesDeny:      def.Filter.Deny,
 		},
 	}
 	md, err := toml.Decode(data, &fc)
@@ -222,18 +306,24 @@ func parseConfig(name, data string) (Config, error) {
 	cfg := Config{
 		Policy:   string(fc.Policy),
 		LogLevel: slog.Level(fc.LogLevel),
-		Filter: Filter{
+		Filter: policy.FilterConfig{
 			SkipLoopback:        fc.Filter.SkipLoopback,
 			SkipLinkLocal:       fc.Filter.SkipLinkLocal,
 			SkipTentative:       fc.Filter.SkipTentative,
 			RequireDefaultRoute: fc.Filter.RequireDefaultRoute,
-			InterfacesAllow:     fc.Filter.InterfacesAllow,
-			InterfacesDeny:      fc.Filter.InterfacesDeny,
+			Allow:               fc.Filter.InterfacesAllow,
+			Deny:                fc.Filter.InterfacesDeny,
 		},
-		EndpointFlags: def.EndpointFlags,
+		EndpointFlags:  def.EndpointFlags,
+		RemoveOnExit:   def.RemoveOnExit,
+		SetPathManager: fc.SetPathManager,
 	}
+	cfg.AuthGroups = fc.Authorization.Groups
 	if fc.Endpoints.Flags != nil {
 		cfg.EndpointFlags = pm.Flags(*fc.Endpoints.Flags)
+	}
+	if fc.Endpoints.RemoveOnExit != nil {
+		cfg.RemoveOnExit = *fc.Endpoints.RemoveOnExit
 	}
 	if l := fc.Limits; l != nil {
 		if l.Subflows == nil || l.AddAddrAccepted == nil {

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -36,6 +37,7 @@ func TestLoadConfigFull(t *testing.T) {
 	cfg, err := LoadConfig(writeConfig(t, `
 policy = "subflow-per-interface"
 log_level = "debug"
+set_path_manager = true
 
 [limits]
 subflows = 4
@@ -51,6 +53,7 @@ interfaces_deny = []
 
 [endpoints]
 flags = ["subflow", "signal"]
+remove_on_exit = false
 
 [interfaces.wwan0]
 flags = ["subflow", "backup"]
@@ -64,12 +67,13 @@ flags = ["subflow", "backup"]
 		Policy:   PolicySubflowPerInterface,
 		LogLevel: slog.LevelDebug,
 		Limits:   &Limits{Subflows: 4, AddAddrAccepted: 2},
-		Filter: Filter{
+		Filter: policy.FilterConfig{
 			RequireDefaultRoute: true,
-			InterfacesAllow:     []string{"eth*", "wlan0"},
-			InterfacesDeny:      []string{},
+			Allow:               []string{"eth*", "wlan0"},
+			Deny:                []string{},
 		},
-		EndpointFlags: pm.FlagSubflow | pm.FlagSignal,
+		EndpointFlags:  pm.FlagSubflow | pm.FlagSignal,
+		SetPathManager: true,
 		Interfaces: map[string]InterfaceConfig{
 			"wwan0": {Flags: pm.FlagSubflow | pm.FlagBackup},
 			"eth1":  {Flags: pm.FlagSubflow | pm.FlagSignal}, // the [endpoints] flags
@@ -97,6 +101,10 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"unknown endpoint flag", "[endpoints]\nflags = [\"subflow\", \"bakup\"]\n", `2: endpoints.flags: unknown flag "bakup"`},
 		{"unknown interface flag", "[interfaces.eth0]\n\nflags = [\"fulmesh\"]\n", `3: interfaces.eth0.flags: unknown flag "fulmesh"`},
 		{"flags not strings", "[endpoints]\nflags = [1]\n", `2: endpoints.flags: want an array of strings`},
+		{"signal and fullmesh", "[endpoints]\nflags = [\"signal\", \"fullmesh\"]\n", `2: endpoints.flags: signal and fullmesh together`},
+		{"signal and fullmesh on an interface", "[interfaces.eth0]\n\nflags = [\"fullmesh\", \"signal\"]\n", `3: interfaces.eth0.flags: signal and fullmesh together`},
+		{"implicit", "[endpoints]\nflags = [\"implicit\"]\n", `2: endpoints.flags: implicit is set by the kernel only`},
+		{"remove_on_exit not a bool", "[endpoints]\nremove_on_exit = 1\n", `2: endpoints.remove_on_exit: incompatible types`},
 		{"bad pattern", "[filter]\ninterfaces_deny = [\"eth[\"]\n", `2: filter.interfaces_deny: bad interface pattern "eth["`},
 		{"wrong type", "[limits]\nsubflows = \"four\"\nadd_addr_accepted = 1\n", `2: limits.subflows: incompatible types`},
 		{"bool of the wrong type", "[filter]\nskip_loopback = \"yes\"\n", `2: filter.skip_loopback: incompatible types`},

@@ -25,9 +25,13 @@
 // api.go (ErrNotFound, ErrInvalidArguments, ...) with errors.Is; a kernel
 // refusal keeps the kernel's words in the message.
 //
-// Policies: the configuration names a built-in policy, but only "none"
-// (observe and publish) exists yet. A policy will be consulted after each
-// kernel event and network change while no controller is registered, and
-// reconcile when a controller's claim ends (see handleNet and
-// releaseController).
+// Policies: the configuration names a built-in policy (package policy),
+// which the loop consults after kernel events, network changes, endpoint
+// and limit changes, and carries out through the Kernel, while no
+// controller is registered and once the local addresses are known (the
+// first NetSynced). When a controller's claim ends, and after a reload
+// (Reload), the policy reconciles every connection and endpoint. Requested
+// subflows are pending until the kernel reports them; failures back off.
+// The service keeps the origin of every endpoint and never lets the policy
+// touch one it did not make. See policy.go.
 package service

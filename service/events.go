@@ -36,11 +36,12 @@ func (s *Service) handleEvent(ev pm.Event) {
 		case c != nil && !c.established:
 			c.established = true
 			s.publish(ConnectionChanged{Connection: c.snapshot(), Changed: []string{"State"}})
+			s.reconcileConn(c)
 		case c != nil:
 		case s.conns.closed.contains(ev.Token):
 			s.log.Debug("ESTABLISHED after CLOSED ignored", "token", ev.Token)
 		default:
-			s.addConn(ev, true)
+			s.reconcileConn(s.addConn(ev, true))
 		}
 	case pm.EventClosed:
 		s.conns.closed.add(ev.Token)
@@ -50,10 +51,14 @@ func (s *Service) handleEvent(ev pm.Event) {
 	case pm.EventAnnounced, pm.EventRemoved:
 		if c := s.known(ev); c != nil {
 			s.remoteAddress(c, ev)
+			s.reconcileConn(c)
 		}
 	case pm.EventSubEstablished, pm.EventSubClosed, pm.EventSubPriority:
 		if c := s.known(ev); c != nil {
 			s.subflow(c, ev)
+			if ev.Type != pm.EventSubPriority {
+				s.reconcileConn(c)
+			}
 		}
 	}
 	// LISTENER_CREATED, LISTENER_CLOSED and unknown events change nothing.
@@ -68,11 +73,11 @@ func (s *Service) known(ev pm.Event) *conn {
 	return c
 }
 
-// addConn adds the connection of a CREATED (or adopted ESTABLISHED) event
-// and publishes ConnectionAdded. Whether it is under the userspace path
-// manager is the namespace's path manager now: a connection keeps the one
-// in force when it was created.
-func (s *Service) addConn(ev pm.Event, established bool) {
+// addConn adds the connection of a CREATED (or adopted ESTABLISHED) event,
+// publishes ConnectionAdded and returns it. Whether it is under the
+// userspace path manager is the namespace's path manager now: a connection
+// keeps the one in force when it was created.
+func (s *Service) addConn(ev pm.Event, established bool) *conn {
 	s.refreshPathManager()
 	c := s.conns.add(ev.Token)
 	c.userspace = s.kernelPM == "userspace"
@@ -82,6 +87,7 @@ func (s *Service) addConn(ev pm.Event, established bool) {
 	c.local = netip.AddrPortFrom(ev.LocalAddr, ev.LocalPort)
 	c.remote = netip.AddrPortFrom(ev.RemoteAddr, ev.RemotePort)
 	s.publish(ConnectionAdded{Connection: c.snapshot()})
+	return c
 }
 
 // drop removes a connection, releases the listeners of its announcements
@@ -110,10 +116,12 @@ func (s *Service) subflow(c *conn, ev pm.Event) {
 		Backup:        ev.Backup,
 		Interface:     s.net.linkName(ev.Ifindex),
 	}
-	i := c.subflowIndex(netip.AddrPortFrom(sf.LocalAddress, sf.LocalPort), netip.AddrPortFrom(sf.RemoteAddress, sf.RemotePort))
+	t := tuple{netip.AddrPortFrom(sf.LocalAddress, sf.LocalPort), netip.AddrPortFrom(sf.RemoteAddress, sf.RemotePort)}
+	i := c.subflowIndex(t.local, t.remote)
 	if i >= 0 && sf.Interface == "" {
 		sf.Interface = c.subflows[i].Interface
 	}
+	s.subflowNews(c, ev.Type, t, i >= 0)
 	n := SubflowEvent{ConnectionID: c.id, Subflow: sf}
 	changed := false
 	switch ev.Type {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -46,9 +47,16 @@ type harness struct {
 	events chan pm.Event
 	net    chan NetEvent
 
+	log    *logBuffer
+	kernel Kernel           // what the service uses; h.k unless withKernelWrapper
+	tweak  []func(*Service) // applied before Run
+	wrap   func(*pmtest.FakeKernel) Kernel
+	stop   func() // ends Run and checks it returned nil; once
+
 	mu     sync.Mutex
 	pmType string
 	pmErr  error
+	pmSets []string // what SetPathManager was asked
 }
 
 type harnessOpt func(*harness, *Config)
@@ -56,6 +64,37 @@ type harnessOpt func(*harness, *Config)
 func withConfig(f func(*Config)) harnessOpt { return func(_ *harness, c *Config) { f(c) } }
 
 func withKernel(k *pmtest.FakeKernel) harnessOpt { return func(h *harness, _ *Config) { h.k = k } }
+
+// withService changes the service before it runs (its clock, backoff).
+func withService(f func(*Service)) harnessOpt {
+	return func(h *harness, _ *Config) { h.tweak = append(h.tweak, f) }
+}
+
+// withKernelWrapper puts a Kernel of the test's around the fake kernel.
+func withKernelWrapper(f func(*pmtest.FakeKernel) Kernel) harnessOpt {
+	return func(h *harness, _ *Config) { h.wrap = f }
+}
+
+// withPM sets the path manager the namespace reports at first.
+func withPM(p string) harnessOpt { return func(h *harness, _ *Config) { h.pmType = p } }
+
+// logBuffer collects the service's log for tests that check it.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
 
 // newHarness starts a service; the test's cleanup stops it and checks that
 // Run returned nil.
@@ -69,27 +108,41 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 		events: make(chan pm.Event),
 		net:    make(chan NetEvent),
 		pmType: "userspace",
+		log:    &logBuffer{},
 	}
+	// The tests of the loop's bookkeeping run without a policy; those of
+	// the policies choose one.
 	cfg := DefaultConfig()
+	cfg.Policy = PolicyNone
 	for _, o := range opts {
 		o(h, &cfg)
 	}
+	h.kernel = h.k
+	if h.wrap != nil {
+		h.kernel = h.wrap(h.k)
+	}
 	h.s = New(cfg, Deps{
-		Kernel:      h.k,
-		Publisher:   h.rec,
-		Listeners:   h.lis.listen,
-		PathManager: h.pathManager,
-		Version:     "test",
+		Kernel:         h.kernel,
+		Publisher:      h.rec,
+		Listeners:      h.lis.listen,
+		PathManager:    h.pathManager,
+		SetPathManager: h.setPathManager,
+		Logger:         slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Version:        "test",
 	})
+	for _, f := range h.tweak {
+		f(h.s)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.s.Run(ctx, h.events, h.net) }()
-	t.Cleanup(func() {
+	h.stop = sync.OnceFunc(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	})
+	t.Cleanup(h.stop)
 	return h
 }
 
@@ -97,6 +150,14 @@ func (h *harness) pathManager() (string, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.pmType, h.pmErr
+}
+
+func (h *harness) setPathManager(p string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pmSets = append(h.pmSets, p)
+	h.pmType = p
+	return nil
 }
 
 func (h *harness) setPM(p string) {

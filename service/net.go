@@ -3,8 +3,9 @@ package service
 import (
 	"cmp"
 	"net/netip"
-	"path"
 	"slices"
+
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 )
 
 // NetEventKind says what a NetEvent reports.
@@ -47,6 +48,8 @@ type LinkAddress struct {
 	Prefix     netip.Prefix // address and prefix length
 	Tentative  bool         // IPv6 duplicate address detection not done yet
 	Deprecated bool         // IPv6 preferred lifetime is over
+	DADFailed  bool         // IPv6 duplicate address detection found a duplicate
+	LinkLocal  bool         // the address has link scope (fe80::/10 and 169.254/16 count anyway)
 }
 
 // Route is a route out of a link; only default routes (Dst.Bits() == 0)
@@ -142,56 +145,38 @@ func (n *netState) linkIndex(name string) (int32, bool) {
 }
 
 // usable returns the local addresses that pass the filter, sorted by
-// interface name and address.
-func (n *netState) usable(f Filter) []LocalAddress {
-	out := []LocalAddress{}
+// interface name and address, without flags.
+func (n *netState) usable(f policy.FilterConfig) []policy.Address {
+	out := []policy.Address{}
 	for k, a := range n.addrs {
 		l, ok := n.links[k.index]
 		if !ok {
 			continue
 		}
-		if f.passes(l, a, n.defaults[defaultKey{k.index, k.addr.Is6()}] > 0) {
-			out = append(out, LocalAddress{Interface: l.Name, Address: k.addr})
+		if ok, _ := f.Check(n.candidate(l, a)); ok {
+			out = append(out, policy.Address{Interface: l.Name, Ifindex: l.Index, Addr: k.addr})
 		}
 	}
-	slices.SortFunc(out, func(a, b LocalAddress) int {
-		return cmp.Or(cmp.Compare(a.Interface, b.Interface), a.Address.Compare(b.Address))
+	slices.SortFunc(out, func(a, b policy.Address) int {
+		return cmp.Or(cmp.Compare(a.Interface, b.Interface), a.Addr.Compare(b.Addr))
 	})
 	return out
 }
 
-// passes reports whether address a of link l is usable under the filter:
-// the link must be up with carrier, and the address must pass every check
-// the configuration enables. hasDefault says whether a default route of the
-// address's family leaves through l.
-func (f Filter) passes(l Link, a LinkAddress, hasDefault bool) bool {
+// candidate describes address a of link l for the filter.
+func (n *netState) candidate(l Link, a LinkAddress) policy.Candidate {
 	addr := a.Prefix.Addr()
-	switch {
-	case !l.Up || !l.Carrier:
-		return false
-	case f.SkipLoopback && (l.Loopback || addr.IsLoopback()):
-		return false
-	case f.SkipLinkLocal && addr.IsLinkLocalUnicast():
-		return false
-	case f.SkipTentative && (a.Tentative || a.Deprecated):
-		return false
-	case f.RequireDefaultRoute && !hasDefault:
-		return false
-	case matchAny(f.InterfacesDeny, l.Name):
-		return false
-	case len(f.InterfacesAllow) > 0 && !matchAny(f.InterfacesAllow, l.Name):
-		return false
+	return policy.Candidate{
+		Interface:    l.Name,
+		Ifindex:      l.Index,
+		Addr:         addr,
+		Loopback:     l.Loopback,
+		Up:           l.Up,
+		Carrier:      l.Carrier,
+		Tentative:    a.Tentative,
+		Deprecated:   a.Deprecated,
+		DADFailed:    a.DADFailed,
+		LinkLocal:    a.LinkLocal,
+		DefaultRoute: n.defaults[defaultKey{l.Index, addr.Is6()}] > 0,
 	}
-	return true
-}
-
-// matchAny reports whether name matches one of the shell patterns, which
-// LoadConfig has checked.
-func matchAny(patterns []string, name string) bool {
-	for _, p := range patterns {
-		if ok, _ := path.Match(p, name); ok {
-			return true
-		}
-	}
-	return false
 }

@@ -4,42 +4,61 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 )
 
+// TestFilter checks what the service tells the filter (policy.Check) about
+// an address: its link's state, its flags and scope, the default routes.
 func TestFilter(t *testing.T) {
 	def := DefaultConfig().Filter
 	up := Link{Index: 2, Name: "eth0", Up: true, Carrier: true}
 	addr := func(s string) LinkAddress { return LinkAddress{Index: 2, Prefix: netip.MustParsePrefix(s)} }
+	type F = policy.FilterConfig
 	tests := []struct {
-		name       string
-		f          Filter
-		link       Link
-		addr       LinkAddress
-		hasDefault bool
-		want       bool
+		name     string
+		f        F
+		link     Link
+		addr     LinkAddress
+		defRoute string // default route's destination, "" = none
+		want     bool
 	}{
-		{"plain address", def, up, addr("10.0.0.1/24"), false, true},
-		{"link down", def, Link{Index: 2, Name: "eth0", Carrier: true}, addr("10.0.0.1/24"), false, false},
-		{"no carrier", def, Link{Index: 2, Name: "eth0", Up: true}, addr("10.0.0.1/24"), false, false},
-		{"loopback link", def, Link{Index: 1, Name: "lo", Up: true, Carrier: true, Loopback: true}, addr("10.0.0.1/8"), false, false},
-		{"loopback address", def, up, addr("127.0.0.1/8"), false, false},
-		{"loopback allowed", Filter{}, up, addr("::1/128"), false, true},
-		{"link-local", def, up, addr("fe80::1/64"), false, false},
-		{"link-local allowed", Filter{}, up, addr("fe80::1/64"), false, true},
-		{"tentative", def, up, LinkAddress{Index: 2, Prefix: netip.MustParsePrefix("fd00::1/64"), Tentative: true}, false, false},
-		{"deprecated", def, up, LinkAddress{Index: 2, Prefix: netip.MustParsePrefix("fd00::1/64"), Deprecated: true}, false, false},
-		{"tentative allowed", Filter{}, up, LinkAddress{Index: 2, Prefix: netip.MustParsePrefix("fd00::1/64"), Tentative: true}, false, true},
-		{"default route required, none", Filter{RequireDefaultRoute: true}, up, addr("10.0.0.1/24"), false, false},
-		{"default route required, present", Filter{RequireDefaultRoute: true}, up, addr("10.0.0.1/24"), true, true},
-		{"denied by pattern", def, Link{Index: 2, Name: "veth12", Up: true, Carrier: true}, addr("10.0.0.1/24"), false, false},
-		{"not in allow list", Filter{InterfacesAllow: []string{"wlan*", "eth1"}}, up, addr("10.0.0.1/24"), false, false},
-		{"in allow list", Filter{InterfacesAllow: []string{"wlan*", "eth?"}}, up, addr("10.0.0.1/24"), false, true},
-		{"deny wins over allow", Filter{InterfacesAllow: []string{"eth*"}, InterfacesDeny: []string{"eth0"}}, up, addr("10.0.0.1/24"), false, false},
+		{"plain address", def, up, addr("10.0.0.1/24"), "", true},
+		{"link down", def, Link{Index: 2, Name: "eth0", Carrier: true}, addr("10.0.0.1/24"), "", false},
+		{"no carrier", def, Link{Index: 2, Name: "eth0", Up: true}, addr("10.0.0.1/24"), "", false},
+		{"loopback link", def, Link{Index: 2, Name: "lo", Up: true, Carrier: true, Loopback: true}, addr("10.0.0.1/8"), "", false},
+		{"loopback address", def, up, addr("127.0.0.1/8"), "", false},
+		{"loopback allowed", F{}, up, addr("::1/128"), "", true},
+		{"link-local", def, up, addr("fe80::1/64"), "", false},
+		{"link scope", def, up, LinkAddress{Index: 2, Prefix: netip.MustParsePrefix("10.0.0.1/24"), LinkLocal: true}, "", false},
+		{"link-local allowed", F{}, up, addr("fe80::1/64"), "", true},
+		{"tentative", def, up, LinkAddress{Index: 2, Prefix: netip.MustParsePrefix("fd00::1/64"), Tentative: true}, "", false},
+		{"deprecated", def, up, LinkAddress{Index: 2, Prefix: netip.MustParsePrefix("fd00::1/64"), Deprecated: true}, "", false},
+		{"duplicate, whatever the filter", F{}, up, LinkAddress{Index: 2, Prefix: netip.MustParsePrefix("fd00::1/64"), DADFailed: true}, "", false},
+		{"tentative allowed", F{}, up, LinkAddress{Index: 2, Prefix: netip.MustParsePrefix("fd00::1/64"), Tentative: true}, "", true},
+		{"default route required, none", F{RequireDefaultRoute: true}, up, addr("10.0.0.1/24"), "", false},
+		{"default route required, present", F{RequireDefaultRoute: true}, up, addr("10.0.0.1/24"), "0.0.0.0/0", true},
+		{"default route of the other family", F{RequireDefaultRoute: true}, up, addr("10.0.0.1/24"), "::/0", false},
+		{"denied by the default pattern", def, Link{Index: 2, Name: "veth12", Up: true, Carrier: true}, addr("10.0.0.1/24"), "", false},
+		{"docker network denied", def, Link{Index: 2, Name: "br-0123456789ab", Up: true, Carrier: true}, addr("10.0.0.1/24"), "", false},
+		{"not in allow list", F{Allow: []string{"wlan*", "eth1"}}, up, addr("10.0.0.1/24"), "", false},
+		{"in allow list", F{Allow: []string{"wlan*", "eth?"}}, up, addr("10.0.0.1/24"), "", true},
+		{"deny wins over allow", F{Allow: []string{"eth*"}, Deny: []string{"eth0"}}, up, addr("10.0.0.1/24"), "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := tt.f.passes(tt.link, tt.addr, tt.hasDefault); got != tt.want {
-				t.Errorf("passes = %v, want %v", got, tt.want)
+			n := newNetState()
+			n.apply(NetEvent{Kind: NetLinkChanged, Link: tt.link})
+			n.apply(NetEvent{Kind: NetAddressAdded, Address: tt.addr})
+			if tt.defRoute != "" {
+				n.apply(NetEvent{Kind: NetRouteAdded, Route: Route{Index: 2, Dst: netip.MustParsePrefix(tt.defRoute)}})
+			}
+			got := n.usable(tt.f)
+			if (len(got) == 1) != tt.want {
+				t.Errorf("usable = %v, want the address usable: %v", got, tt.want)
+			}
+			if tt.want && (got[0].Interface != tt.link.Name || got[0].Ifindex != 2 || got[0].Addr != tt.addr.Prefix.Addr()) {
+				t.Errorf("usable = %+v", got[0])
 			}
 		})
 	}

@@ -30,6 +30,7 @@ func call[T any](ctx context.Context, s *Service, op string, fn func() (T, error
 			return
 		}
 		v, err := fn()
+		s.flush() // the caller may look at the published state next
 		done <- result{v, err}
 	}
 	select {
@@ -129,6 +130,7 @@ func (s *Service) AddEndpoint(ctx context.Context, c Caller, e Endpoint) (uint8,
 			eps = slices.DeleteFunc(eps, func(e endpoint) bool { return e.addr.ID == id })
 			return append(eps, endpoint{addr: a, origin: origin})
 		})
+		s.reconcileEndpoints()
 		return id, nil
 	})
 }
@@ -149,6 +151,7 @@ func (s *Service) RemoveEndpoint(ctx context.Context, c Caller, id uint8) error 
 		s.refreshEndpoints(func(eps []endpoint) []endpoint {
 			return slices.DeleteFunc(eps, func(e endpoint) bool { return e.addr.ID == id })
 		})
+		s.reconcileEndpoints()
 		return nil
 	})
 }
@@ -176,6 +179,7 @@ func (s *Service) SetEndpointFlags(ctx context.Context, c Caller, id uint8, flag
 			}
 			return eps
 		})
+		s.reconcileEndpoints()
 		return nil
 	})
 }
@@ -191,6 +195,7 @@ func (s *Service) FlushEndpoints(ctx context.Context, c Caller) error {
 			return wrapErr(op, err)
 		}
 		s.refreshEndpoints(func([]endpoint) []endpoint { return nil })
+		s.reconcileEndpoints()
 		return nil
 	})
 }
@@ -209,6 +214,7 @@ func (s *Service) SetLimits(ctx context.Context, c Caller, l Limits) error {
 			l = Limits(got)
 		}
 		s.setLimits(l)
+		s.reconcile()
 		return nil
 	})
 }
@@ -226,48 +232,69 @@ func (s *Service) AnnounceAddress(ctx context.Context, c Caller, conn uint64, ad
 		if err != nil {
 			return 0, err
 		}
-		if !addr.IsValid() {
-			return 0, invalidf("%s: no address", op)
-		}
-		bound, ours, err := s.lis.acquire(netip.AddrPortFrom(addr, port))
-		if err != nil {
-			kind := ErrFailed
-			if errors.Is(err, syscall.EADDRNOTAVAIL) {
-				kind = ErrInvalidArguments
-			}
-			return 0, &requestError{kind: kind, msg: op + ": listen: " + err.Error(), cause: err}
-		}
-		explicit := id != 0
-		if !explicit {
-			id = s.ids.id(addr, bound.Port())
-		}
-		a := AnnouncedAddress{ID: id, Address: addr.WithZone(""), Port: bound.Port()}
-		if err := s.k.Announce(cn.token, pm.Address{ID: id, Addr: a.Address, Port: a.Port, Flags: pm.FlagSignal}); err != nil {
-			if ours {
-				s.lis.release(bound)
-			}
-			return 0, wrapErr(op, err)
-		}
-		if explicit {
-			s.ids.claim(addr, a.Port, id)
-		}
-		ann := announcement{addr: a, listener: bound, ours: ours}
-		i := slices.IndexFunc(cn.announced, func(x announcement) bool { return x.addr.ID == id })
-		if i < 0 {
-			cn.announced = append(cn.announced, ann)
-			s.publish(ConnectionChanged{Connection: cn.snapshot(), Changed: []string{"AnnouncedAddresses"}})
-			return id, nil
-		}
-		old := cn.announced[i]
-		if old.ours {
-			s.lis.release(old.listener)
-		}
-		cn.announced[i] = ann
-		if old.addr != a {
-			s.publish(ConnectionChanged{Connection: cn.snapshot(), Changed: []string{"AnnouncedAddresses"}})
-		}
-		return id, nil
+		return s.announce(cn, addr, port, id, false)
 	})
+}
+
+// announce announces addr and port on connection cn with a listener behind
+// (AnnounceAddress, and the policy's Announce) and returns the id used.
+//
+// With connPort, port is ignored: the listener goes on addr and the
+// connection's own local port, and the ADD_ADDR carries no port, which
+// tells the peer to join that port. This is what the policy does: an IPv6
+// ADD_ADDR with a port (30 bytes) does not fit in the TCP options next to
+// the timestamps, and the kernel drops it (MPTcpExtAddAddrTxDrop).
+func (s *Service) announce(cn *conn, addr netip.Addr, port uint16, id uint8, connPort bool) (uint8, error) {
+	const op = "announce"
+	if !addr.IsValid() {
+		return 0, invalidf("%s: no address", op)
+	}
+	if connPort {
+		port = cn.local.Port()
+	}
+	bound, ours, err := s.lis.acquire(netip.AddrPortFrom(addr, port))
+	if err != nil {
+		kind := ErrFailed
+		if errors.Is(err, syscall.EADDRNOTAVAIL) {
+			kind = ErrInvalidArguments
+		}
+		return 0, &requestError{kind: kind, msg: op + ": listen: " + err.Error(), cause: err}
+	}
+	// The kernel binds an id to the address and the port it is given.
+	kernelPort := bound.Port()
+	if connPort {
+		kernelPort = 0
+	}
+	explicit := id != 0
+	if !explicit {
+		id = s.ids.id(addr, kernelPort)
+	}
+	a := AnnouncedAddress{ID: id, Address: addr.WithZone(""), Port: bound.Port()}
+	if err := s.k.Announce(cn.token, pm.Address{ID: id, Addr: a.Address, Port: kernelPort, Flags: pm.FlagSignal}); err != nil {
+		if ours {
+			s.lis.release(bound)
+		}
+		return 0, wrapErr(op, err)
+	}
+	if explicit {
+		s.ids.claim(addr, kernelPort, id)
+	}
+	ann := announcement{addr: a, listener: bound, ours: ours}
+	i := slices.IndexFunc(cn.announced, func(x announcement) bool { return x.addr.ID == id })
+	if i < 0 {
+		cn.announced = append(cn.announced, ann)
+		s.publish(ConnectionChanged{Connection: cn.snapshot(), Changed: []string{"AnnouncedAddresses"}})
+		return id, nil
+	}
+	old := cn.announced[i]
+	if old.ours {
+		s.lis.release(old.listener)
+	}
+	cn.announced[i] = ann
+	if old.addr != a {
+		s.publish(ConnectionChanged{Connection: cn.snapshot(), Changed: []string{"AnnouncedAddresses"}})
+	}
+	return id, nil
 }
 
 // RemoveAddress withdraws the address with the local id from connection
@@ -280,20 +307,27 @@ func (s *Service) RemoveAddress(ctx context.Context, c Caller, conn uint64, id u
 		if err != nil {
 			return err
 		}
-		if err := s.k.Remove(cn.token, id); err != nil {
-			return wrapErr(op, err)
-		}
-		i := slices.IndexFunc(cn.announced, func(x announcement) bool { return x.addr.ID == id })
-		if i < 0 {
-			return nil
-		}
-		if a := cn.announced[i]; a.ours {
-			s.lis.release(a.listener)
-		}
-		cn.announced = slices.Delete(cn.announced, i, i+1)
-		s.publish(ConnectionChanged{Connection: cn.snapshot(), Changed: []string{"AnnouncedAddresses"}})
-		return nil
+		return s.withdraw(cn, id)
 	})
+}
+
+// withdraw removes the announcement with the id from connection cn
+// (RemoveAddress, and the policy's Withdraw) and releases its listener.
+func (s *Service) withdraw(cn *conn, id uint8) error {
+	const op = "remove address"
+	if err := s.k.Remove(cn.token, id); err != nil {
+		return wrapErr(op, err)
+	}
+	i := slices.IndexFunc(cn.announced, func(x announcement) bool { return x.addr.ID == id })
+	if i < 0 {
+		return nil
+	}
+	if a := cn.announced[i]; a.ours {
+		s.lis.release(a.listener)
+	}
+	cn.announced = slices.Delete(cn.announced, i, i+1)
+	s.publish(ConnectionChanged{Connection: cn.snapshot(), Changed: []string{"AnnouncedAddresses"}})
+	return nil
 }
 
 // CreateSubflow asks the kernel for a new subflow of connection conn. It
@@ -439,12 +473,13 @@ func (s *Service) ControllerVanished(name string) {
 	})
 }
 
-// releaseController ends the claim. The built-in policy will reconcile here
-// (every connection and endpoint, as if it had run all along).
+// releaseController ends the claim, and the built-in policy reconciles
+// every endpoint and connection, as if it had run all along.
 func (s *Service) releaseController(why string) {
 	s.log.Info("controller released", "name", s.ctl.name, "path", s.ctl.path, "why", why)
 	s.ctl = nil
 	s.publishManager("ControlMode", "Controller")
+	s.reconcile()
 }
 
 // authorize checks that caller c may make changes now, and returns the

@@ -8,8 +8,10 @@ import (
 	"net/netip"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 )
 
 // Kernel is the part of *pm.Client the service uses; pmtest.FakeKernel
@@ -39,7 +41,10 @@ type Deps struct {
 	// PathManager returns the namespace's path manager, "kernel" or
 	// "userspace"; nil = pm.PathManagerType.
 	PathManager func() (string, error)
-	Version     string // the daemon's version (Manager.Version)
+	// SetPathManager sets the namespace's path manager, with
+	// Config.SetPathManager; nil = SetPathManagerSysctl.
+	SetPathManager func(string) error
+	Version        string // the daemon's version (Manager.Version)
 }
 
 // Service is the daemon's core. One goroutine, Run's, owns all the state
@@ -52,6 +57,7 @@ type Service struct {
 	pub         Publisher
 	log         *slog.Logger
 	pathManager func() (string, error)
+	setPM       func(string) error
 	version     string
 
 	reqs     chan func()   // requests, run by the loop
@@ -65,13 +71,25 @@ type Service struct {
 	ids       *idManager
 	lis       *listeners
 	net       *netState
-	ctl       *controller // nil = builtin mode
-	live      bool        // start is done: changes are published
+	ctl       *controller    // nil = builtin mode
+	live      bool           // start is done: changes are published
+	outbox    []Notification // published, not yet handed to the publisher (flush)
 	kernelPM  string
 	limits    Limits
 	endpoints []endpoint // sorted by id
 	origins   map[endpointKey]string
 	local     []LocalAddress
+
+	// The built-in policy (policy.go), also owned by the loop.
+	pol       policy.Policy
+	synced    bool              // the network monitor's first NetSynced came: the addresses are known
+	usable    []policy.Address  // the usable local addresses with their flags
+	polEps    []policy.Endpoint // s.endpoints as the policy sees them
+	retry     *time.Timer       // fires at retryAt for backoffs and pending subflows
+	retryAt   time.Time         // zero when retry is not armed
+	now       func() time.Time
+	backoff   backoff
+	pendingTO time.Duration // a requested subflow not heard of for this long failed
 }
 
 // New returns a service with the configuration and dependencies. It does
@@ -92,6 +110,18 @@ func New(cfg Config, d Deps) *Service {
 		net:         newNetState(),
 		origins:     make(map[endpointKey]string),
 		local:       []LocalAddress{},
+		setPM:       d.SetPathManager,
+		now:         time.Now,
+		backoff:     defaultBackoff,
+		pendingTO:   pendingTimeout,
+		retry:       time.NewTimer(time.Hour),
+	}
+	s.retry.Stop()
+	if s.pol, _ = policy.New(cfg.Policy); s.pol == nil {
+		s.pol, _ = policy.New(PolicyNone) // Run reports the bad name
+	}
+	if s.setPM == nil {
+		s.setPM = SetPathManagerSysctl
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -109,13 +139,16 @@ func New(cfg Config, d Deps) *Service {
 
 // Run is the service loop. It reads the kernel's state, then applies
 // kernel events and network events and serves requests until ctx ends. It
-// returns nil then, or an error if the start failed (the configured limits
-// were refused) or events was closed, which means the daemon no longer
-// sees the kernel. On return it closes the listeners it holds and, if a
-// controller was registered, publishes ControllerReleased. Run may be called
-// once.
+// returns nil then, or an error if the start failed (an unknown policy, the
+// configured limits were refused) or events was closed, which means the
+// daemon no longer sees the kernel. On return it closes the listeners it
+// holds, if a controller was registered publishes ControllerReleased, and
+// with Config.RemoveOnExit removes the endpoints the policy made. Run may be
+// called once.
 //
-// A closed netEvents only stops the tracking of local addresses.
+// The built-in policy acts from the first NetSynced on netEvents: before,
+// the local addresses are not known in full. A closed netEvents only stops
+// the tracking of local addresses.
 func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-chan NetEvent) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("service: Run called more than once")
@@ -127,6 +160,20 @@ func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-c
 	}
 	s.live = true
 	for {
+		s.flush() // what the last event, change or timer published
+		// Kernel events first: a client calling in a loop must not delay
+		// them. Requests are served whenever no event is waiting.
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-events:
+			if !ok {
+				return errors.New("service: the kernel event channel was closed")
+			}
+			s.handleEvent(ev)
+			continue
+		default:
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -144,6 +191,8 @@ func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-c
 			s.handleNet(ev)
 		case <-s.overflow:
 			s.resync()
+		case <-s.retry.C:
+			s.retryDue()
 		case req := <-s.reqs:
 			req()
 		}
@@ -163,8 +212,12 @@ func (s *Service) Overflow() {
 	}
 }
 
-// start reads the kernel's state and applies the configured limits.
+// start checks the configuration, reads the kernel's state and applies the
+// configured limits.
 func (s *Service) start() error {
+	if err := s.cfg.Validate(); err != nil {
+		return fmt.Errorf("service: %w", err)
+	}
 	s.refreshPathManager()
 	if l := s.cfg.Limits; l != nil {
 		if err := s.k.SetLimits(pm.Limits(*l)); err != nil {
@@ -173,53 +226,103 @@ func (s *Service) start() error {
 	}
 	s.refreshLimits()
 	s.refreshEndpoints(nil)
-	if s.cfg.Policy != PolicyNone {
-		s.log.Warn("policy not implemented yet: observing only", "policy", s.cfg.Policy)
+	s.checkPathManager()
+	for _, e := range s.endpoints {
+		if e.addr.Flags&pm.FlagImplicit == 0 {
+			s.log.Info("in-kernel endpoints made by another program exist (NetworkManager, ip mptcp, ...): "+
+				"another program manages endpoints too; the built-in policy leaves them alone",
+				"id", e.addr.ID, "addr", e.addr.Addr, "flags", e.addr.Flags.String())
+			break
+		}
 	}
 	return nil
 }
 
-// resync re-reads what the kernel can tell after events were lost.
+// resync re-reads what the kernel can tell after events were lost, and
+// reconciles.
 func (s *Service) resync() {
 	s.log.Warn("kernel events were lost: re-reading endpoints and limits; " +
 		"connections keep their last known state (the kernel cannot list them)")
 	s.refreshPathManager()
 	s.refreshLimits()
 	s.refreshEndpoints(nil)
+	s.reconcile()
 }
 
 // shutdown releases what the service holds when Run returns.
 func (s *Service) shutdown() {
+	s.retry.Stop()
 	if s.ctl != nil {
 		s.publish(ControllerReleased{Name: s.ctl.name, Path: s.ctl.path, Reason: "shutdown"})
 		s.ctl = nil
 	}
+	if s.cfg.RemoveOnExit {
+		s.removeOwnedEndpoints()
+	}
+	s.flush()
 	s.lis.closeAll()
 }
 
-// handleNet applies a network change.
-//
-// The built-in policy will be consulted here and after kernel events, while
-// no controller is registered: it sees the change and the state and returns
-// actions for the service to carry out. Only "none" exists yet.
+// handleNet applies a network change and, if the usable local addresses
+// changed, reconciles. The first NetSynced lets the policy act.
 func (s *Service) handleNet(ev NetEvent) {
 	if !s.net.apply(ev) {
 		return
 	}
-	local := s.net.usable(s.cfg.Filter)
-	if slices.Equal(local, s.local) {
-		return
+	first := ev.Kind == NetSynced && !s.synced
+	if first {
+		s.synced = true
 	}
-	s.local = local
-	s.publishManager("LocalAddresses")
+	if s.updateUsable() || first {
+		s.reconcile()
+	}
 }
 
-// publish hands n to the publisher. What start reads is not published: it
-// is the initial state, which front ends read with Manager.
+// updateUsable recomputes the usable local addresses and their flags,
+// publishes LocalAddresses if they changed, and reports whether what the
+// policy sees changed.
+func (s *Service) updateUsable() bool {
+	usable := s.net.usable(s.cfg.Filter)
+	for i := range usable {
+		usable[i].Flags = s.cfg.flagsFor(usable[i].Interface).Names()
+	}
+	if slices.EqualFunc(usable, s.usable, sameAddress) {
+		return false
+	}
+	s.usable = usable
+	local := make([]LocalAddress, len(usable))
+	for i, a := range usable {
+		local[i] = LocalAddress{Interface: a.Interface, Address: a.Addr}
+	}
+	if !slices.Equal(local, s.local) {
+		s.local = local
+		s.publishManager("LocalAddresses")
+	}
+	return true
+}
+
+func sameAddress(a, b policy.Address) bool {
+	return a.Interface == b.Interface && a.Ifindex == b.Ifindex && a.Addr == b.Addr && slices.Equal(a.Flags, b.Flags)
+}
+
+// publish queues n for the publisher; flush hands it over once the loop
+// has done what the event, change or request asks, so that kernel
+// commands (a policy's new subflow) do not wait for the front ends. The
+// order is kept. What start reads is not published: it is the initial
+// state, which front ends read with Manager.
 func (s *Service) publish(n Notification) {
 	if s.live && s.pub != nil {
-		s.pub.Publish(n)
+		s.outbox = append(s.outbox, n)
 	}
+}
+
+// flush hands the queued notifications to the publisher, in order.
+func (s *Service) flush() {
+	for i, n := range s.outbox {
+		s.pub.Publish(n)
+		s.outbox[i] = nil
+	}
+	s.outbox = s.outbox[:0]
 }
 
 // publishManager publishes ManagerChanged for the named properties.
@@ -319,5 +422,17 @@ func (s *Service) refreshEndpoints(edit func([]endpoint) []endpoint) {
 		return
 	}
 	s.endpoints = next
+	s.polEps = make([]policy.Endpoint, len(next))
+	for i, e := range next {
+		s.polEps[i] = policy.Endpoint{
+			ID:        e.addr.ID,
+			Addr:      e.addr.Addr,
+			Port:      e.addr.Port,
+			Flags:     e.addr.Flags.Names(),
+			Interface: s.net.linkName(e.addr.Ifindex),
+			Ifindex:   int(e.addr.Ifindex),
+			Owned:     e.origin == OriginPolicy,
+		}
+	}
 	s.publishManager("Endpoints")
 }

@@ -21,6 +21,12 @@ type conn struct {
 	subflows    []Subflow
 	remoteAddrs []AnnouncedAddress // by the peer, at most one per id
 	announced   []announcement     // by us, at most one per id
+
+	// The built-in policy's bookkeeping (policy.go).
+	pending  []pendingSubflow // requested, not yet established or closed
+	made     []tuple          // established subflows the policy requested
+	closing  []tuple          // subflows the policy asked the kernel to close
+	failures []failure        // local addresses in backoff
 }
 
 // announcement is an address we announced on a connection and the listener

@@ -34,6 +34,7 @@ const defaultConfigPath = "/etc/mptcp-pmd/mptcp-pmd.toml"
 
 func main() {
 	if err := run(os.Args[1:], os.Stderr); err != nil {
+		notifyFailure(err)
 		fmt.Fprintf(os.Stderr, "mptcp-pmd: %v\n", err)
 		if errors.Is(err, errUsage) {
 			os.Exit(2)
@@ -50,6 +51,7 @@ type options struct {
 	configSet  bool // --config was given: a missing file is an error
 	logLevel   string
 	policy     string
+	importConf string // --import-mptcpd-conf: print this mptcpd.conf as TOML and exit
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -60,6 +62,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fl.StringVar(&o.logLevel, "log-level", "", "log `level`: debug, info, warn, error (overrides the file)")
 	fl.StringVar(&o.policy, "policy", "", "built-in `policy`: endpoints, subflow-per-interface, fullmesh, none (overrides the file)")
 	showVersion := fl.Bool("version", false, "print the version and exit")
+	fl.StringVar(&o.importConf, "import-mptcpd-conf", "", "print the TOML equivalent of mptcpd's configuration `file` and exit")
 	fl.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: mptcp-pmd [options]\n\nThe Multipath TCP path-manager daemon (D-Bus name org.mptcp.PathManager1).\n\nOptions:\n")
 		fl.PrintDefaults()
@@ -116,14 +119,24 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if o.importConf != "" {
+		return importMptcpdConf(o.importConf, os.Stdout, stderr)
+	}
 	cfg, err := loadConfig(o)
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	level := new(slog.LevelVar) // SIGHUP may change it
+	level.Set(cfg.LogLevel)
+	log := newLogger(stderr, level)
+	sd := newNotifier(log)
+	sd.send("STATUS=Starting")
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1) // reload the configuration
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
 	if on, err := pm.MPTCPEnabled(); err != nil {
 		return fmt.Errorf("this kernel has no MPTCP (%v)", err)
@@ -161,7 +174,10 @@ func run(args []string, stderr io.Writer) error {
 		Logger:    log,
 		Version:   version,
 	})
-	srv, err := dbusapi.New(conn, svc, dbusapi.Options{Logger: log})
+	srv, err := dbusapi.New(conn, svc, dbusapi.Options{
+		Authorizer: dbusapi.NewAuthorizer(conn, dbusapi.AuthOptions{Groups: cfg.AuthGroups, Logger: log}),
+		Logger:     log,
+	})
 	if err != nil {
 		return err
 	}
@@ -180,10 +196,48 @@ func run(args []string, stderr io.Writer) error {
 		<-runErr
 		return err
 	}
+	// The name is owned and the loop answers (it has read the kernel's
+	// state): tell systemd, and keep telling it while the loop answers.
+	if status, err := statusOf(ctx, svc); err == nil {
+		sd.ready(status)
+		if sd.enabled {
+			go sd.supervise(ctx, svc, watchdogInterval(log), status)
+		}
+	}
 	log.Info("mptcp-pmd running", "version", version, "policy", cfg.Policy, "bus_name", dbusapi.BusName)
-	err = <-runErr
+	for done := false; !done; {
+		select {
+		case err = <-runErr:
+			done = true
+		case <-hup:
+			reload(ctx, o, svc, level, sd, log)
+		}
+	}
+	sd.stopping()
 	log.Info("mptcp-pmd stopping")
 	return err
+}
+
+// reload re-reads the configuration file, with the command line's
+// overrides, and applies it (SIGHUP). An invalid configuration is refused,
+// with the reason (FILE:LINE for the file's mistakes), and the old one
+// stays.
+func reload(ctx context.Context, o options, svc *service.Service, level *slog.LevelVar, sd *notifier, log *slog.Logger) {
+	sd.reloading()
+	defer func() {
+		if status, err := statusOf(ctx, svc); err == nil {
+			sd.ready(status)
+		}
+	}()
+	cfg, err := loadConfig(o)
+	if err == nil {
+		err = svc.Reload(ctx, cfg)
+	}
+	if err != nil {
+		log.Error("configuration reload refused: the old configuration stays", "config", o.configPath, "err", err)
+		return
+	}
+	level.Set(cfg.LogLevel) // the service logged the reload
 }
 
 // publisher lets the service be built before the D-Bus server it publishes
@@ -239,6 +293,8 @@ func adaptNet(in <-chan netmon.Update, out chan<- service.NetEvent) {
 				Prefix:     u.Address.Prefix,
 				Tentative:  u.Address.Flags&netmon.Tentative != 0,
 				Deprecated: u.Address.Flags&netmon.Deprecated != 0,
+				DADFailed:  u.Address.Flags&netmon.DADFailed != 0,
+				LinkLocal:  u.Address.LinkLocal(),
 			}
 		case netmon.RouteAdded, netmon.RouteRemoved:
 			ev.Kind = service.NetRouteAdded

@@ -1,0 +1,461 @@
+package service
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
+)
+
+// The built-in policy in the loop.
+//
+// The policy is pure (package policy): the service hands it a View (the
+// usable local addresses with their configured flags, the kernel's
+// endpoints with Owned set on those the policy made, the subflow limit) and
+// one connection, and carries out the Actions it returns through the
+// Kernel. It asks
+//
+//   - Endpoints and Connection for every live connection (reconcile) when
+//     the usable addresses change, at the first NetSynced, when a
+//     controller's claim ends, after a reload, after lost kernel events,
+//     and after an administrator changed endpoints or limits;
+//   - Connection for one connection at its ESTABLISHED, SUB_ESTABLISHED,
+//     SUB_CLOSED, ANNOUNCED and REMOVED, and when a backoff of one of its
+//     addresses ends.
+//
+// It never acts while a controller holds the claim, nor before the local
+// addresses are known (the first NetSynced), so that a half-known address
+// list does not remove endpoints. A connection is only handed to a policy
+// of its own path manager (the one in force at its creation).
+//
+// A subflow the policy requested is pending until the kernel reports it
+// established or closed, or the command fails. A failure (the command
+// refused, a pending subflow closed, or a subflow the policy made closed
+// without the policy asking) puts the local address into the connection's
+// Failed list for a backoff that doubles with each failure in a row, so
+// that nothing loops; the policy is asked again when it ends.
+
+// backoff is the waiting time after a failure: min after the first,
+// doubling up to max. A failure more than max after the previous backoff
+// ended counts as a first one again.
+type backoff struct{ min, max time.Duration }
+
+var defaultBackoff = backoff{min: time.Second, max: 30 * time.Second}
+
+// pendingTimeout is how long a requested subflow may stay without news
+// before it counts as failed. It is longer than the kernel's own SYN
+// retries (about 127 s with net.ipv4.tcp_syn_retries = 6), which end in a
+// SUB_CLOSED.
+const pendingTimeout = 150 * time.Second
+
+// pendingSubflow is a subflow the policy requested.
+type pendingSubflow struct {
+	local     netip.Addr     // as policy keys it: no zone, unmapped
+	remote    netip.AddrPort // likewise
+	iface     string
+	backup    bool
+	requested time.Time
+}
+
+// failure is the backoff state of one local address on a connection.
+type failure struct {
+	addr    netip.Addr // unmapped, no zone
+	count   int        // failures in a row
+	until   time.Time  // end of the backoff
+	waiting bool       // the policy has not been asked since the failure
+}
+
+// tuple is a subflow's 4-tuple as the kernel reports it.
+type tuple struct{ local, remote netip.AddrPort }
+
+// polKey gives an address the form the policies compare: IPv4-mapped as
+// IPv4, no zone.
+func polKey(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
+
+func polKeyPort(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(polKey(ap.Addr()), ap.Port())
+}
+
+// acting reports whether the built-in policy acts now.
+func (s *Service) acting() bool { return s.ctl == nil && s.synced }
+
+// view returns what the policy decides on. The slices are shared: the
+// policies do not change them.
+func (s *Service) view() policy.View {
+	return policy.View{Addresses: s.usable, Endpoints: s.polEps, SubflowLimit: s.limits.Subflows}
+}
+
+// checkPathManager says, at start and reload, when the policy needs the
+// other path manager than the namespace's, or sets it with
+// Config.SetPathManager.
+func (s *Service) checkPathManager() {
+	want := s.pol.PathManager()
+	if want == "" || s.kernelPM == "" || want == s.kernelPM {
+		return
+	}
+	if !s.cfg.SetPathManager {
+		s.log.Error(fmt.Sprintf("policy %s needs net.mptcp.path_manager=%s; set it or set `set_path_manager = true`",
+			s.pol.Name(), want), "path_manager", s.kernelPM)
+		return
+	}
+	if err := s.setPM(want); err != nil {
+		s.log.Error(fmt.Sprintf("policy %s needs net.mptcp.path_manager=%s, and setting it failed", s.pol.Name(), want),
+			"err", err)
+		return
+	}
+	s.log.Info("path manager set for the policy (set_path_manager)", "policy", s.pol.Name(), "path_manager", want)
+	s.refreshPathManager()
+}
+
+// reconcile brings the endpoints and every live connection to the policy's
+// wish, if the policy acts now.
+func (s *Service) reconcile() {
+	if !s.acting() {
+		return
+	}
+	s.reconcileEndpoints()
+	for _, c := range s.conns.sorted() {
+		s.reconcileConn(c)
+	}
+}
+
+// reconcileEndpoints re-reads the kernel's endpoints (nobody tells when
+// another program changes them) and carries out the policy's endpoint
+// actions.
+func (s *Service) reconcileEndpoints() {
+	if !s.acting() {
+		return
+	}
+	s.refreshEndpoints(nil)
+	acts := s.pol.Endpoints(s.view())
+	var edits []func([]endpoint) []endpoint
+	for _, a := range acts {
+		if edit := s.endpointAction(a); edit != nil {
+			edits = append(edits, edit)
+		}
+	}
+	if len(edits) > 0 {
+		s.refreshEndpoints(func(eps []endpoint) []endpoint {
+			for _, edit := range edits {
+				eps = edit(eps)
+			}
+			return eps
+		})
+	}
+}
+
+// ownedEndpoint reports whether the endpoint with the id is the policy's.
+func (s *Service) ownedEndpoint(id uint8) bool {
+	return slices.ContainsFunc(s.endpoints, func(e endpoint) bool { return e.addr.ID == id && e.origin == OriginPolicy })
+}
+
+// endpointAction carries out one endpoint action and returns the edit of
+// the known endpoints it made, or nil if the kernel refused.
+func (s *Service) endpointAction(a policy.Action) func([]endpoint) []endpoint {
+	e := a.Endpoint
+	flags, err := pm.ParseFlags(e.Flags)
+	if err != nil {
+		s.log.Warn("policy: bad endpoint flags", "action", a.String(), "err", err)
+		return nil
+	}
+	switch a.Kind {
+	case policy.AddEndpoint:
+		addr := pm.Address{ID: e.ID, Addr: e.Addr, Port: e.Port, Flags: flags, Ifindex: int32(e.Ifindex)}
+		id, err := s.k.AddEndpoint(addr)
+		if err != nil {
+			s.log.Warn("policy: the kernel refused an endpoint", "action", a.String(), "err", err)
+			return nil
+		}
+		// An implicit endpoint of the address is replaced and keeps its
+		// id: the id is the policy's now.
+		addr.ID = id
+		s.origins[keyOf(addr)] = OriginPolicy
+		s.log.Info("policy: endpoint added", "id", id, "addr", e.Addr, "flags", flags.String(), "interface", e.Interface)
+		return func(eps []endpoint) []endpoint {
+			eps = slices.DeleteFunc(eps, func(x endpoint) bool { return x.addr.ID == id })
+			return append(eps, endpoint{addr: addr, origin: OriginPolicy})
+		}
+	case policy.RemoveEndpoint, policy.SetEndpointFlags:
+		if !s.ownedEndpoint(e.ID) { // policies never ask this; a guard
+			s.log.Error("policy: refusing to touch an endpoint it did not make", "action", a.String())
+			return nil
+		}
+		if a.Kind == policy.RemoveEndpoint {
+			if err := s.k.DeleteEndpoint(e.ID); err != nil {
+				s.log.Warn("policy: the kernel refused to remove an endpoint", "action", a.String(), "err", err)
+				return nil
+			}
+			s.log.Info("policy: endpoint removed", "id", e.ID, "addr", e.Addr)
+			return func(eps []endpoint) []endpoint {
+				return slices.DeleteFunc(eps, func(x endpoint) bool { return x.addr.ID == e.ID })
+			}
+		}
+		if err := s.k.SetEndpointFlags(e.ID, flags); err != nil {
+			s.log.Warn("policy: the kernel refused endpoint flags", "action", a.String(), "err", err)
+			return nil
+		}
+		s.log.Info("policy: endpoint flags set", "id", e.ID, "addr", e.Addr, "flags", flags.String())
+		return func(eps []endpoint) []endpoint {
+			for i := range eps {
+				if eps[i].addr.ID == e.ID {
+					eps[i].addr.Flags = flags
+				}
+			}
+			return eps
+		}
+	}
+	s.log.Error("policy: unexpected endpoint action", "action", a.String())
+	return nil
+}
+
+// removeOwnedEndpoints removes the endpoints the policy made (clean stop,
+// change of policy).
+func (s *Service) removeOwnedEndpoints() {
+	var gone []uint8
+	for _, e := range s.endpoints {
+		if e.origin != OriginPolicy {
+			continue
+		}
+		if err := s.k.DeleteEndpoint(e.addr.ID); err != nil {
+			s.log.Warn("removing the policy's endpoint", "id", e.addr.ID, "addr", e.addr.Addr, "err", err)
+			continue
+		}
+		gone = append(gone, e.addr.ID)
+	}
+	if len(gone) == 0 {
+		return
+	}
+	s.log.Info("removed the policy's endpoints", "ids", fmt.Sprint(gone))
+	s.refreshEndpoints(func(eps []endpoint) []endpoint {
+		return slices.DeleteFunc(eps, func(e endpoint) bool { return slices.Contains(gone, e.addr.ID) })
+	})
+}
+
+// fits reports whether the policy may act on connection c: it runs on the
+// path manager c was created under.
+func (s *Service) fits(c *conn) bool {
+	switch s.pol.PathManager() {
+	case policy.PathManagerUserspace:
+		return c.userspace
+	case policy.PathManagerKernel:
+		return !c.userspace
+	}
+	return true
+}
+
+// reconcileConn carries out the policy's actions on connection c.
+func (s *Service) reconcileConn(c *conn) {
+	if !s.acting() || !c.established || !s.fits(c) {
+		return
+	}
+	for _, a := range s.pol.Connection(s.view(), s.policyConn(c)) {
+		s.connAction(c, a)
+	}
+}
+
+// policyConn returns connection c as the policy sees it.
+func (s *Service) policyConn(c *conn) policy.Connection {
+	pc := policy.Connection{
+		Token:       c.token,
+		ServerSide:  c.serverSide,
+		Established: c.established,
+		Local:       c.local,
+		Remote:      c.remote,
+		Subflows:    make([]policy.Subflow, 0, len(c.subflows)+len(c.pending)),
+	}
+	for _, sf := range c.subflows {
+		t := tuple{netip.AddrPortFrom(sf.LocalAddress, sf.LocalPort), netip.AddrPortFrom(sf.RemoteAddress, sf.RemotePort)}
+		if slices.Contains(c.closing, t) {
+			continue // going: the policy asked for that already
+		}
+		pc.Subflows = append(pc.Subflows, policy.Subflow{Local: t.local, Remote: t.remote, Interface: sf.Interface, Backup: sf.Backup})
+	}
+	for _, p := range c.pending {
+		pc.Subflows = append(pc.Subflows, policy.Subflow{
+			Local: netip.AddrPortFrom(p.local, 0), Remote: p.remote, Interface: p.iface, Backup: p.backup, Pending: true,
+		})
+	}
+	for _, a := range c.remoteAddrs {
+		pc.PeerAddresses = append(pc.PeerAddresses, policy.PeerAddress{ID: a.ID, Addr: a.Address, Port: a.Port})
+	}
+	for _, a := range c.announced {
+		pc.Announced = append(pc.Announced, policy.PeerAddress{ID: a.addr.ID, Addr: a.addr.Address, Port: a.addr.Port})
+	}
+	if len(c.failures) > 0 {
+		now := s.now()
+		for _, f := range c.failures {
+			if f.waiting && f.until.After(now) {
+				pc.Failed = append(pc.Failed, netip.AddrPortFrom(f.addr, 0))
+			}
+		}
+	}
+	return pc
+}
+
+// connAction carries out one action on connection c. A refusal is logged
+// with the kernel's words and puts the local address into backoff.
+func (s *Service) connAction(c *conn, a policy.Action) {
+	switch a.Kind {
+	case policy.CreateSubflow:
+		local := polKey(a.Local)
+		la := pm.Address{ID: s.ids.id(local, 0), Addr: local, Ifindex: int32(a.Ifindex)}
+		if a.Backup {
+			la.Flags = pm.FlagBackup
+		}
+		if err := s.k.CreateSubflow(c.token, la, a.Remote); err != nil {
+			s.refused(c, a, err)
+			return
+		}
+		now := s.now()
+		c.pending = append(c.pending, pendingSubflow{
+			local: local, remote: polKeyPort(a.Remote), iface: a.Interface, backup: a.Backup, requested: now,
+		})
+		s.armRetry(now.Add(s.pendingTO))
+		s.log.Debug("policy: subflow requested", "token", c.token, "local", local, "remote", a.Remote, "interface", a.Interface)
+	case policy.DestroySubflow:
+		t := tuple{netip.AddrPortFrom(a.Local, a.LocalPort), a.Remote}
+		if err := s.k.DestroySubflow(c.token, t.local, t.remote); err != nil {
+			s.log.Warn("policy: the kernel refused", "action", a.String(), "token", c.token, "err", err)
+			return
+		}
+		c.closing = append(c.closing, t)
+		s.log.Debug("policy: subflow closed", "token", c.token, "local", t.local, "remote", t.remote)
+	case policy.Announce:
+		if _, err := s.announce(c, a.Local, a.LocalPort, a.ID, a.LocalPort == 0); err != nil {
+			s.refused(c, a, err)
+			return
+		}
+		s.log.Debug("policy: address announced", "token", c.token, "addr", a.Local)
+	case policy.Withdraw:
+		if err := s.withdraw(c, a.ID); err != nil {
+			s.log.Warn("policy: the kernel refused", "action", a.String(), "token", c.token, "err", err)
+		}
+	default:
+		s.log.Error("policy: unexpected connection action", "action", a.String())
+	}
+}
+
+// refused logs a refused action on c and backs off its local address.
+func (s *Service) refused(c *conn, a policy.Action, err error) {
+	s.log.Warn("policy: the kernel refused", "action", a.String(), "token", c.token, "err", err)
+	s.fail(c, a.Local)
+}
+
+// fail starts or lengthens the backoff of local address addr on c.
+func (s *Service) fail(c *conn, addr netip.Addr) {
+	now := s.now()
+	k := polKey(addr)
+	i := slices.IndexFunc(c.failures, func(f failure) bool { return f.addr == k })
+	if i < 0 {
+		c.failures = append(c.failures, failure{addr: k})
+		i = len(c.failures) - 1
+	}
+	f := &c.failures[i]
+	if !f.waiting && now.Sub(f.until) > s.backoff.max {
+		f.count = 0 // quiet for long enough: start again
+	}
+	f.count++
+	d := s.backoff.max
+	if f.count <= 16 {
+		d = min(s.backoff.min<<(f.count-1), s.backoff.max)
+	}
+	f.until, f.waiting = now.Add(d), true
+	s.armRetry(f.until)
+	s.log.Debug("policy: backing off", "token", c.token, "addr", k, "for", d, "failures", f.count)
+}
+
+// armRetry makes the retry timer fire at t at the latest.
+func (s *Service) armRetry(t time.Time) {
+	if !s.retryAt.IsZero() && !t.Before(s.retryAt) {
+		return
+	}
+	s.retryAt = t
+	s.retry.Reset(max(t.Sub(s.now()), 0))
+}
+
+// retryDue runs when the retry timer fires: pending subflows not heard of
+// for too long fail, connections whose backoff ended are reconciled, and
+// the timer is armed for the next deadline.
+func (s *Service) retryDue() {
+	now := s.now()
+	s.retryAt = time.Time{}
+	var next time.Time
+	later := func(t time.Time) {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	for _, c := range s.conns.sorted() {
+		due := false
+		var expired []netip.Addr
+		c.pending = slices.DeleteFunc(c.pending, func(p pendingSubflow) bool {
+			if now.Sub(p.requested) < s.pendingTO {
+				later(p.requested.Add(s.pendingTO))
+				return false
+			}
+			s.log.Warn("policy: no news of a requested subflow", "token", c.token, "local", p.local, "remote", p.remote)
+			expired = append(expired, p.local)
+			return true
+		})
+		for _, a := range expired {
+			s.fail(c, a)
+			due = true
+		}
+		c.failures = slices.DeleteFunc(c.failures, func(f failure) bool {
+			return !f.waiting && now.Sub(f.until) > s.backoff.max
+		})
+		for i := range c.failures {
+			f := &c.failures[i]
+			switch {
+			case !f.waiting:
+			case f.until.After(now):
+				later(f.until)
+			default:
+				f.waiting = false
+				due = true
+			}
+		}
+		if due {
+			s.reconcileConn(c)
+		}
+	}
+	if !next.IsZero() {
+		s.armRetry(next)
+	}
+}
+
+// subflowNews updates the pending, closing and failure state of c with a
+// SUB_ESTABLISHED or SUB_CLOSED for the 4-tuple t; established says
+// whether the service knew the subflow established.
+func (s *Service) subflowNews(c *conn, typ pm.EventType, t tuple, established bool) {
+	lk, rk := polKey(t.local.Addr()), polKeyPort(t.remote)
+	p := slices.IndexFunc(c.pending, func(p pendingSubflow) bool { return p.local == lk && p.remote == rk })
+	switch typ {
+	case pm.EventSubEstablished:
+		if p >= 0 {
+			c.pending = slices.Delete(c.pending, p, p+1)
+			c.made = append(c.made, t)
+		}
+	case pm.EventSubClosed:
+		closing := slices.Index(c.closing, t)
+		made := slices.Index(c.made, t)
+		if closing >= 0 {
+			c.closing = slices.Delete(c.closing, closing, closing+1)
+		}
+		if made >= 0 {
+			c.made = slices.Delete(c.made, made, made+1)
+		}
+		switch {
+		case established && made >= 0 && closing < 0:
+			// A subflow the policy made closed without being asked to.
+			s.fail(c, lk)
+		case !established && p >= 0:
+			// A requested subflow that never came up.
+			c.pending = slices.Delete(c.pending, p, p+1)
+			s.fail(c, lk)
+		}
+	}
+}
