@@ -2,7 +2,16 @@ package dbusapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"os/user"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/godbus/dbus/v5"
 
 	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
@@ -24,4 +33,221 @@ func (rootOnly) Authorize(_ context.Context, sender string, uid uint32, _ bool) 
 		return nil
 	}
 	return fmt.Errorf("%w: %s (uid %d) is not privileged", service.ErrPermissionDenied, sender, uid)
+}
+
+// PolkitAction is the polkit action a caller needs for the mutating methods
+// when it is neither root nor in an allowed group.
+const PolkitAction = "org.mptcp.pathmanager1.control"
+
+// polkit's authority on the bus.
+const (
+	polkitName   = "org.freedesktop.PolicyKit1"
+	polkitPath   = dbus.ObjectPath("/org/freedesktop/PolicyKit1/Authority")
+	polkitMethod = "org.freedesktop.PolicyKit1.Authority.CheckAuthorization"
+
+	// polkitAllowUserInteraction is CheckAuthorization's flag for an
+	// authentication dialog.
+	polkitAllowUserInteraction uint32 = 1
+)
+
+// How long to wait for polkit: an interactive check waits for a person to
+// type a password.
+const (
+	polkitTimeout            = 5 * time.Second
+	polkitInteractiveTimeout = 25 * time.Second
+)
+
+// AuthOptions configure the Authorizer of NewAuthorizer.
+type AuthOptions struct {
+	// Groups whose members may call the mutating methods, by name or
+	// number (gid). A name is looked up at each check, so a group made
+	// after the daemon started counts.
+	Groups []string
+	// Logger receives what the Authorizer cannot tell the caller (polkit
+	// unreachable, a group that does not exist). nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// NewAuthorizer returns the daemon's Authorizer, which asks the bus of conn
+// about callers. It allows, in this order:
+//
+//   - UID 0;
+//   - a caller whose process is in one of opts.Groups, as a primary or
+//     supplementary group: the groups the bus read from the caller's socket
+//     (GetConnectionCredentials' UnixGroupIDs) or, from a bus that does not
+//     say, the groups of the caller's user;
+//   - a caller polkit authorizes for PolkitAction: CheckAuthorization with
+//     the caller's bus name as the subject, allowing user interaction only
+//     when the caller allowed interactive authorization.
+//
+// Everyone else is refused with an error wrapping
+// service.ErrPermissionDenied, and so is everyone else when polkit cannot
+// be asked (not installed, not running, an error or no answer in time).
+// Nothing is cached: polkit has its own cache, and the rest is cheap.
+func NewAuthorizer(conn *dbus.Conn, opts AuthOptions) Authorizer {
+	a := &busAuthorizer{conn: conn, groups: slices.Clone(opts.Groups), log: opts.Logger}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	for _, g := range a.groups {
+		if _, err := lookupGroup(g); err != nil {
+			a.log.Warn("dbusapi: an allowed group does not exist (yet)", "group", g, "err", err)
+		}
+	}
+	return a
+}
+
+// busAuthorizer is NewAuthorizer's Authorizer.
+type busAuthorizer struct {
+	conn   *dbus.Conn
+	groups []string
+	log    *slog.Logger
+
+	polkitFailed atomic.Bool // a failure to ask polkit was logged at Warn
+}
+
+// Authorize implements Authorizer.
+func (a *busAuthorizer) Authorize(ctx context.Context, sender string, uid uint32, interactive bool) error {
+	if uid == 0 {
+		return nil
+	}
+	if len(a.groups) > 0 {
+		gid, ok, err := a.inGroup(ctx, sender, uid)
+		if err != nil {
+			a.log.Warn("dbusapi: cannot read the caller's groups", "sender", sender, "uid", uid, "err", err)
+		}
+		if ok {
+			a.log.Debug("dbusapi: caller allowed by its group", "sender", sender, "uid", uid, "gid", gid)
+			return nil
+		}
+	}
+	return a.polkit(ctx, sender, uid, interactive)
+}
+
+// inGroup reports whether the caller is in one of the allowed groups, and
+// which.
+func (a *busAuthorizer) inGroup(ctx context.Context, sender string, uid uint32) (uint32, bool, error) {
+	var creds map[string]dbus.Variant
+	err := a.conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetConnectionCredentials", 0, sender).Store(&creds)
+	if err != nil {
+		return 0, false, fmt.Errorf("dbusapi: credentials of %s: %w", sender, err)
+	}
+	gids, err := callerGroups(creds, uid)
+	if err != nil {
+		return 0, false, err
+	}
+	for _, g := range a.groups {
+		gid, err := lookupGroup(g)
+		if err != nil {
+			continue // warned about at start
+		}
+		if slices.Contains(gids, gid) {
+			return gid, true, nil
+		}
+	}
+	return 0, false, nil
+}
+
+// callerGroups returns the caller's groups: UnixGroupIDs from its
+// credentials (dbus-daemon 1.11 and later, from the kernel's view of the
+// process), or else the groups of its user, which must be uid.
+func callerGroups(creds map[string]dbus.Variant, uid uint32) ([]uint32, error) {
+	if v, ok := creds["UnixGroupIDs"]; ok {
+		gids, ok := v.Value().([]uint32)
+		if !ok {
+			return nil, fmt.Errorf("dbusapi: UnixGroupIDs of type %s", v.Signature())
+		}
+		return gids, nil
+	}
+	if v, ok := creds["UnixUserID"]; ok {
+		if u, _ := v.Value().(uint32); u != uid {
+			return nil, fmt.Errorf("dbusapi: the bus says uid %d, the caller was uid %d", u, uid)
+		}
+	}
+	u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
+	if err != nil {
+		return nil, fmt.Errorf("dbusapi: groups of uid %d: %w", uid, err)
+	}
+	ids, err := u.GroupIds()
+	if err != nil {
+		return nil, fmt.Errorf("dbusapi: groups of %s: %w", u.Username, err)
+	}
+	gids := make([]uint32, 0, len(ids))
+	for _, id := range ids {
+		if g, err := strconv.ParseUint(id, 10, 32); err == nil {
+			gids = append(gids, uint32(g))
+		}
+	}
+	return gids, nil
+}
+
+// lookupGroup returns the gid of a group given by number or name.
+func lookupGroup(g string) (uint32, error) {
+	if n, err := strconv.ParseUint(g, 10, 32); err == nil {
+		return uint32(n), nil
+	}
+	grp, err := user.LookupGroup(g)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseUint(grp.Gid, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("group %s has gid %q", g, grp.Gid)
+	}
+	return uint32(n), nil
+}
+
+// polkitSubject is CheckAuthorization's subject, (sa{sv}).
+type polkitSubject struct {
+	Kind    string
+	Details map[string]dbus.Variant
+}
+
+// polkitResult is CheckAuthorization's result, (bba{ss}).
+type polkitResult struct {
+	Authorized bool
+	Challenge  bool
+	Details    map[string]string
+}
+
+// polkit asks polkit whether the caller may perform PolkitAction.
+func (a *busAuthorizer) polkit(ctx context.Context, sender string, uid uint32, interactive bool) error {
+	flags, timeout := uint32(0), polkitTimeout
+	if interactive {
+		flags, timeout = polkitAllowUserInteraction, polkitInteractiveTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	subject := polkitSubject{Kind: "system-bus-name", Details: map[string]dbus.Variant{"name": dbus.MakeVariant(sender)}}
+	var r polkitResult
+	err := a.conn.Object(polkitName, polkitPath).CallWithContext(ctx, polkitMethod, 0,
+		subject, PolkitAction, map[string]string{}, flags, "").Store(&r)
+	if err != nil {
+		a.polkitUnavailable(err)
+		return fmt.Errorf("%w: %s (uid %d) is not root and not in an allowed group, and polkit could not be asked: %v",
+			service.ErrPermissionDenied, sender, uid, err)
+	}
+	if r.Authorized {
+		return nil
+	}
+	if r.Challenge && !interactive {
+		return fmt.Errorf("%w: %s (uid %d) needs to authenticate for %s: call again allowing interactive authorization",
+			service.ErrPermissionDenied, sender, uid, PolkitAction)
+	}
+	return fmt.Errorf("%w: polkit does not authorize %s (uid %d) for %s", service.ErrPermissionDenied, sender, uid, PolkitAction)
+}
+
+// polkitUnavailable logs a failure to ask polkit: the first at Warn, the
+// rest at Debug.
+func (a *busAuthorizer) polkitUnavailable(err error) {
+	msg := "dbusapi: cannot ask polkit: only root and the allowed groups may make changes"
+	var de dbus.Error
+	if errors.As(err, &de) && (de.Name == "org.freedesktop.DBus.Error.ServiceUnknown" || de.Name == "org.freedesktop.DBus.Error.NameHasNoOwner") {
+		msg = "dbusapi: polkit is not available: only root and the allowed groups may make changes"
+	}
+	if a.polkitFailed.CompareAndSwap(false, true) {
+		a.log.Warn(msg, "err", err)
+		return
+	}
+	a.log.Debug(msg, "err", err)
 }

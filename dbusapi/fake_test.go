@@ -25,16 +25,18 @@ type call struct {
 
 // fakeBackend records requests and answers them from fixed state.
 type fakeBackend struct {
-	mu       sync.Mutex
-	calls    []call
-	err      error // returned by every request when set
-	manager  service.Manager
-	conns    []service.Connection
-	tokens   map[uint32]uint64
-	onLoad   func(n int) // called at the start of the nth Manager call
-	loads    int
-	onReg    func() // called inside RegisterController
-	vanished chan string
+	mu           sync.Mutex
+	calls        []call
+	err          error // returned by every request when set
+	manager      service.Manager
+	conns        []service.Connection
+	tokens       map[uint32]uint64
+	addresses    []service.AddressInfo
+	addressesErr error       // returned by Addresses
+	onLoad       func(n int) // called at the start of the nth Manager call
+	loads        int
+	onReg        func() // called inside RegisterController
+	vanished     chan string
 }
 
 func newFakeBackend() *fakeBackend {
@@ -90,6 +92,12 @@ func (f *fakeBackend) ConnectionByToken(_ context.Context, token uint32) (uint64
 		return 0, errors.Join(errors.New("no connection with that token"), service.ErrNotFound)
 	}
 	return id, nil
+}
+
+func (f *fakeBackend) Addresses(context.Context) ([]service.AddressInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.addresses), f.addressesErr
 }
 
 func (f *fakeBackend) AddEndpoint(_ context.Context, c service.Caller, e service.Endpoint) (uint8, error) {

@@ -5,6 +5,8 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/godbus/dbus/v5"
 
@@ -24,6 +26,7 @@ func (s *Server) managerMethods() map[string]any {
 		"SetEndpointFlags":     s.setEndpointFlags,
 		"FlushEndpoints":       s.flushEndpoints,
 		"SetLimits":            s.setLimits,
+		"ListAddresses":        s.listAddresses,
 	}
 }
 
@@ -60,12 +63,47 @@ func invalid(format string, args ...any) *dbus.Error {
 	return dbusError(fmt.Errorf("%w: "+format, append([]any{service.ErrInvalidArguments}, args...)...))
 }
 
-// parseAddr parses an address argument. A zone is refused: only AddEndpoint
-// has a use for one, and handles it itself.
-func parseAddr(field, text string) (netip.Addr, *dbus.Error) {
+// maxAddressText is the length of the longest address text parsed: an IPv6
+// address with an interface name as its zone takes at most 45+1+15 bytes.
+const maxAddressText = 64
+
+// maxQuoted is how much of an argument an error message repeats.
+const maxQuoted = 64
+
+// quote quotes an argument for an error message, cut to maxQuoted bytes.
+func quote(text string) string {
+	if len(text) <= maxQuoted {
+		return strconv.Quote(text)
+	}
+	return fmt.Sprintf("%q... (%d bytes)", text[:maxQuoted], len(text))
+}
+
+// broadcast4 is the IPv4 limited broadcast address.
+var broadcast4 = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
+// parseUnicast parses an address argument naming one end of a path: an
+// address a host can have, not unspecified (0.0.0.0, ::), multicast or the
+// IPv4 broadcast address. It may have a zone.
+func parseUnicast(field, text string) (netip.Addr, *dbus.Error) {
+	if len(text) > maxAddressText {
+		return netip.Addr{}, invalid("%s %s: too long for an IP address", field, quote(text))
+	}
 	a, err := netip.ParseAddr(text)
 	if err != nil {
 		return netip.Addr{}, invalid("%s: %v", field, err)
+	}
+	if a.IsUnspecified() || a.IsMulticast() || a.Unmap() == broadcast4 {
+		return netip.Addr{}, invalid("%s %q: not a unicast address", field, text)
+	}
+	return a, nil
+}
+
+// parseAddr parses an address argument with parseUnicast. A zone is
+// refused: only AddEndpoint has a use for one, and handles it itself.
+func parseAddr(field, text string) (netip.Addr, *dbus.Error) {
+	a, derr := parseUnicast(field, text)
+	if derr != nil {
+		return netip.Addr{}, derr
 	}
 	if a.Zone() != "" {
 		return netip.Addr{}, invalid("%s %q: a zone is not accepted here", field, text)
@@ -73,15 +111,61 @@ func parseAddr(field, text string) (netip.Addr, *dbus.Error) {
 	return a, nil
 }
 
+// checkInterface checks an interface name argument the way Linux checks a
+// new link's name (dev_valid_name): "" (none), or 1 to 15 bytes, not "."
+// or "..", without '/', ':', NUL or white space.
+func checkInterface(field, name string) *dbus.Error {
+	if name == "" {
+		return nil
+	}
+	if len(name) > 15 || name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\v\f\r\x00") ||
+		strings.IndexByte(name, 0xa0) >= 0 {
+		return invalid("%s %s: not an interface name", field, quote(name))
+	}
+	return nil
+}
+
+// Bounds of a flag list: the service knows the words (six, of up to eight
+// letters); the front end only keeps a list from being unreasonably long.
+const (
+	maxFlagWords   = 16
+	maxFlagWordLen = 16
+)
+
+// checkFlagWords bounds a list of endpoint flag words.
+func checkFlagWords(words []string) *dbus.Error {
+	if len(words) > maxFlagWords {
+		return invalid("flags: %d words, at most %d", len(words), maxFlagWords)
+	}
+	for _, w := range words {
+		if len(w) > maxFlagWordLen {
+			return invalid("flags: unknown flag %s", quote(w))
+		}
+	}
+	return nil
+}
+
+// checkObjectPath checks an object path argument. The bus checks the paths
+// it passes on; a peer-to-peer connection might not.
+func checkObjectPath(field string, p dbus.ObjectPath) *dbus.Error {
+	if !p.IsValid() {
+		return invalid("%s %s: not an object path", field, quote(string(p)))
+	}
+	return nil
+}
+
 // noOptions refuses every key of an options dictionary that has none.
 func noOptions(opts map[string]dbus.Variant) *dbus.Error {
 	if len(opts) == 0 {
 		return nil
 	}
-	return invalid("unknown option %q", slices.Sorted(maps.Keys(opts))[0])
+	return invalid("unknown option %s", quote(slices.Sorted(maps.Keys(opts))[0]))
 }
 
 func (s *Server) registerController(msg dbus.Message, path dbus.ObjectPath, opts map[string]dbus.Variant) *dbus.Error {
+	if err := checkObjectPath("controller", path); err != nil {
+		return err
+	}
 	if err := noOptions(opts); err != nil {
 		return err
 	}
@@ -93,6 +177,9 @@ func (s *Server) registerController(msg dbus.Message, path dbus.ObjectPath, opts
 }
 
 func (s *Server) unregisterController(msg dbus.Message, path dbus.ObjectPath) *dbus.Error {
+	if err := checkObjectPath("controller", path); err != nil {
+		return err
+	}
 	c, derr := s.authorize(msg)
 	if derr != nil {
 		return derr
@@ -109,15 +196,24 @@ func (s *Server) getConnectionByToken(token uint32) (dbus.ObjectPath, *dbus.Erro
 }
 
 func (s *Server) addEndpoint(msg dbus.Message, address string, port uint16, flags []string, iface string, id uint8) (uint8, *dbus.Error) {
-	a, err := netip.ParseAddr(address)
-	if err != nil {
-		return 0, invalid("address: %v", err)
+	a, derr := parseUnicast("address", address)
+	if derr != nil {
+		return 0, derr
+	}
+	if derr := checkFlagWords(flags); derr != nil {
+		return 0, derr
+	}
+	if derr := checkInterface("interface", iface); derr != nil {
+		return 0, derr
 	}
 	// A zone names the interface of a link-local address; it goes into the
 	// interface argument, and must not contradict it.
 	if zone := a.Zone(); zone != "" {
 		if !a.Is6() || !a.IsLinkLocalUnicast() {
 			return 0, invalid("address %q: a zone is only accepted on an IPv6 link-local address", address)
+		}
+		if derr := checkInterface("zone of address", zone); derr != nil {
+			return 0, derr
 		}
 		if iface != "" && iface != zone {
 			return 0, invalid("address %q: the zone contradicts interface %q", address, iface)
@@ -149,6 +245,9 @@ func (s *Server) removeEndpoint(msg dbus.Message, id uint8) *dbus.Error {
 func (s *Server) setEndpointFlags(msg dbus.Message, id uint8, flags []string) *dbus.Error {
 	if id == 0 {
 		return invalid("endpoint id 0")
+	}
+	if derr := checkFlagWords(flags); derr != nil {
+		return derr
 	}
 	c, derr := s.authorize(msg)
 	if derr != nil {
@@ -204,6 +303,12 @@ func (s *Server) announceAddress(msg dbus.Message, address string, port uint16, 
 }
 
 func (s *Server) removeAddress(msg dbus.Message, id uint8) *dbus.Error {
+	// The kernel would take id 0 as the initial subflow's address and close
+	// that subflow; 0 means "the daemon picks" in AnnounceAddress, so it is
+	// refused here rather than doing something no caller meant.
+	if id == 0 {
+		return invalid("address id 0 (AnnounceAddress returns the id to remove)")
+	}
 	conn, c, derr := s.connectionCall(msg)
 	if derr != nil {
 		return derr
@@ -232,11 +337,14 @@ func (s *Server) createSubflow(msg dbus.Message, local, remote string, remotePor
 		case "interface":
 			r.Interface, ok = v.(string)
 		default:
-			return invalid("unknown option %q", k)
+			return invalid("unknown option %s", quote(k))
 		}
 		if !ok {
 			return invalid("option %q has type %s, want %s", k, opts[k].Signature(), subflowOptionTypes[k])
 		}
+	}
+	if derr := checkInterface("option interface", r.Interface); derr != nil {
+		return derr
 	}
 	conn, c, derr := s.connectionCall(msg)
 	if derr != nil {

@@ -28,6 +28,8 @@ type Backend interface {
 	Manager(ctx context.Context) (service.Manager, error)
 	Connections(ctx context.Context) ([]service.Connection, error)
 	ConnectionByToken(ctx context.Context, token uint32) (uint64, error)
+	// Addresses lists the local addresses with the address filter's verdict.
+	Addresses(ctx context.Context) ([]service.AddressInfo, error)
 
 	AddEndpoint(ctx context.Context, c service.Caller, e service.Endpoint) (uint8, error)
 	RemoveEndpoint(ctx context.Context, c service.Caller, id uint8) error
@@ -57,6 +59,10 @@ type Options struct {
 	// Logger receives what the server cannot report to a caller. nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// MaxInFlight bounds the calls one sender (unique bus name) may have
+	// in flight; a call beyond it is answered Busy at once. 0 means
+	// DefaultMaxInFlight.
+	MaxInFlight int
 }
 
 // Server exports the service's objects on a bus connection. Create it with
@@ -67,6 +73,8 @@ type Server struct {
 	b    Backend
 	auth Authorizer
 	log  *slog.Logger
+
+	inFlight *inFlight // calls in flight per sender
 
 	ctx    context.Context // for requests to the backend; done at Close
 	cancel context.CancelFunc
@@ -99,6 +107,8 @@ func New(conn *dbus.Conn, b Backend, opts Options) (*Server, error) {
 		auth:  opts.Authorizer,
 		log:   opts.Logger,
 		conns: make(map[uint64]service.Connection),
+
+		inFlight: newInFlight(opts.MaxInFlight),
 	}
 	if s.auth == nil {
 		s.auth = rootOnly{}
@@ -128,7 +138,8 @@ func New(conn *dbus.Conn, b Backend, opts Options) (*Server, error) {
 // export registers every object and interface with godbus. Everything is
 // registered here, once: connection objects are served by subtree handlers
 // that look the connection up in the mirror, so nothing is registered or
-// removed later.
+// removed later. Every method is guarded (guard.go): the bound on calls in
+// flight per sender, and the exact signature.
 func (s *Server) export() error {
 	exports := []struct {
 		methods map[string]any
@@ -149,10 +160,11 @@ func (s *Server) export() error {
 	}
 	for _, e := range exports {
 		var err error
+		methods := s.guardTable(e.methods)
 		if e.subtree {
-			err = s.conn.ExportSubtreeMethodTable(e.methods, e.path, e.iface)
+			err = s.conn.ExportSubtreeMethodTable(methods, e.path, e.iface)
 		} else {
-			err = s.conn.ExportMethodTable(e.methods, e.path, e.iface)
+			err = s.conn.ExportMethodTable(methods, e.path, e.iface)
 		}
 		if err != nil {
 			return fmt.Errorf("dbusapi: export %s on %s: %w", e.iface, e.path, err)
@@ -466,17 +478,17 @@ func (s *Server) propertiesMethods() map[string]any {
 			if _, ok := props[name]; !ok {
 				return unknownProperty(iface, name)
 			}
-			return dbus.NewError(errorReadOnly, []any{fmt.Sprintf("property %s is read-only", name)})
+			return dbus.NewError(errorReadOnly, []any{fmt.Sprintf("property %s is read-only", quote(name))})
 		},
 	}
 }
 
 func unknownInterface(iface string) *dbus.Error {
-	return dbus.NewError(errorUnknownInterface, []any{fmt.Sprintf("no interface %s with properties here", iface)})
+	return dbus.NewError(errorUnknownInterface, []any{fmt.Sprintf("no interface %s with properties here", quote(iface))})
 }
 
 func unknownProperty(iface, name string) *dbus.Error {
-	return dbus.NewError(errorUnknownProperty, []any{fmt.Sprintf("no property %s.%s", iface, name)})
+	return dbus.NewError(errorUnknownProperty, []any{fmt.Sprintf("no property %s of %s", quote(name), quote(iface))})
 }
 
 // msgPath is the object path a method call was sent to.

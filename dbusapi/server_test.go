@@ -341,7 +341,7 @@ func TestMethodsReachBackend(t *testing.T) {
 		{ManagerPath, "UnregisterController", []any{dbus.ObjectPath("/ctl")}, nil, call{"UnregisterController", me, []any{"/ctl"}}},
 		{c1, "AnnounceAddress", []any{"10.55.1.2", uint16(0), uint8(0)}, []any{uint8(7)},
 			call{"AnnounceAddress", me, []any{uint64(1), ip("10.55.1.2"), uint16(0), uint8(0)}}},
-		{c1, "RemoveAddress", []any{uint8(0)}, nil, call{"RemoveAddress", me, []any{uint64(1), uint8(0)}}},
+		{c1, "RemoveAddress", []any{uint8(7)}, nil, call{"RemoveAddress", me, []any{uint64(1), uint8(7)}}},
 		{c1, "CreateSubflow", []any{"10.55.1.2", "10.55.1.1", uint16(80), map[string]dbus.Variant{}}, nil,
 			call{"CreateSubflow", me, []any{uint64(1), service.SubflowRequest{LocalAddress: ip("10.55.1.2"), RemoteAddress: ip("10.55.1.1"), RemotePort: 80}}}},
 		{c1, "CreateSubflow", []any{"fd00::2", "fd00::1", uint16(80), map[string]dbus.Variant{
@@ -423,6 +423,7 @@ func TestArgumentValidation(t *testing.T) {
 		{"controller option", ManagerPath, "RegisterController", []any{dbus.ObjectPath("/ctl"), map[string]dbus.Variant{"b": v(1), "a": v(true)}}, `"a"`},
 		{"announce address", c1, "AnnounceAddress", []any{"not-an-ip", uint16(0), uint8(0)}, "not-an-ip"},
 		{"announce zone", c1, "AnnounceAddress", []any{"fe80::1%eth0", uint16(0), uint8(0)}, "fe80::1%eth0"},
+		{"remove address 0", c1, "RemoveAddress", []any{uint8(0)}, "id 0"},
 		{"subflow local", c1, "CreateSubflow", []any{"10.0.0", "10.0.0.1", uint16(80), map[string]dbus.Variant{}}, "10.0.0"},
 		{"subflow remote", c1, "CreateSubflow", []any{"10.0.0.2", "x", uint16(80), map[string]dbus.Variant{}}, `"x"`},
 		{"subflow zone", c1, "CreateSubflow", []any{"fe80::2%s0", "fe80::1", uint16(80), map[string]dbus.Variant{}}, "fe80::2%s0"},

@@ -9,8 +9,9 @@ import (
 	"testing"
 )
 
-// contract is the API of /work/shared/design/dbus-api.md (version 1): member
-// name to signature ("in->out" for methods). The XML must say the same.
+// contract is the API of /work/shared/design/dbus-api.md (version 1), with
+// its additions: member name to signature ("in->out" for methods). The XML
+// must say the same.
 var contract = map[string]struct {
 	methods, signals, properties map[string]string
 }{
@@ -24,6 +25,7 @@ var contract = map[string]struct {
 			"SetEndpointFlags":     "yas->",
 			"FlushEndpoints":       "->",
 			"SetLimits":            "uu->",
+			"ListAddresses":        "->a(ssbs)", // an addition to version 1 (mptcpctl addresses)
 		},
 		signals: map[string]string{},
 		properties: map[string]string{

@@ -79,6 +79,15 @@ type LocalAddress struct {
 	Address   netip.Addr
 }
 
+// AddressInfo is a local address with the configured filter's verdict
+// (Manager.ListAddresses).
+type AddressInfo struct {
+	Interface string
+	Address   netip.Addr
+	Usable    bool
+	Reason    string // why the address is not usable, as policy.FilterConfig.Check says; "" when usable
+}
+
 // Connection is a snapshot of one MPTCP connection's properties.
 type Connection struct {
 	ID                 uint64 // object number n in /org/mptcp/PathManager1/connection/n, from 1, never reused

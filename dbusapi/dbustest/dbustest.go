@@ -45,7 +45,8 @@ type Option func(*config)
 
 type config struct {
 	systemDefaults bool
-	policy         string // absolute path of the policy file to include
+	policy         string   // absolute path of the policy file to include
+	policies       []string // more <policy> elements, after the included file
 }
 
 // SystemDefaults makes the bus's default policy that of the real system bus
@@ -55,6 +56,13 @@ type config struct {
 // test what the project's policy allows.
 func SystemDefaults() Option {
 	return func(c *config) { c.systemDefaults = true }
+}
+
+// ExtraConfig adds elements to the bus configuration after the project's
+// policy, such as a <policy user="nobody"> that lets a test run the daemon
+// under another user, or a <servicedir> of activation files to load.
+func ExtraConfig(xml string) Option {
+	return func(c *config) { c.policies = append(c.policies, xml) }
 }
 
 // StartBus starts a private dbus-daemon with a configuration that includes
@@ -246,6 +254,7 @@ func busConfig(c config, socket string) string {
   <policy context="default">` + policy + `
   </policy>
   <include>` + html.EscapeString(c.policy) + `</include>
+` + strings.Join(c.policies, "\n") + `
 </busconfig>
 `
 }
