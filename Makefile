@@ -7,7 +7,7 @@ PKGS    := ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-short lint bench fuzz demo clean
+.PHONY: all build test test-short lint bench fuzz demo clean install uninstall
 
 all: build
 
@@ -36,6 +36,58 @@ fuzz:
 
 clean:
 	rm -rf $(BIN)
+
+# Where make install puts things, as a distribution package would (PREFIX
+# /usr). With another PREFIX, such as /usr/local, the unit's ExecStart
+# follows, but dbus-daemon and polkitd read only their /usr/share and /etc
+# directories: link or copy the bus, activation and polkit files there.
+# /etc is left alone: the daemon runs with its defaults until an
+# administrator writes /etc/mptcp-pmd/mptcp-pmd.toml (the example is in
+# DOCDIR). After installing: systemd-sysusers; systemctl daemon-reload;
+# systemctl reload dbus; systemctl enable --now mptcp-pmd.
+BINDIR       ?= $(PREFIX)/bin
+UNITDIR      ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR  ?= $(PREFIX)/lib/sysusers.d
+DBUSDIR      ?= $(PREFIX)/share/dbus-1
+POLKITDIR    ?= $(PREFIX)/share/polkit-1/actions
+MANDIR       ?= $(PREFIX)/share/man
+DOCDIR       ?= $(PREFIX)/share/doc/mptcp-pmd
+IFACES       := Manager Connection Controller
+
+install: build
+	install -Dm755 $(BIN)/mptcp-pmd $(DESTDIR)$(BINDIR)/mptcp-pmd
+	install -Dm755 $(BIN)/mptcpctl $(DESTDIR)$(BINDIR)/mptcpctl
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|^ExecStart=/usr/bin/mptcp-pmd|ExecStart=$(BINDIR)/mptcp-pmd|' dist/systemd/mptcp-pmd.service \
+		>$(DESTDIR)$(UNITDIR)/mptcp-pmd.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/mptcp-pmd.service
+	install -Dm644 dist/sysusers.d/mptcp-pmd.conf $(DESTDIR)$(SYSUSERSDIR)/mptcp-pmd.conf
+	install -Dm644 dist/dbus-1/system.d/org.mptcp.PathManager1.conf $(DESTDIR)$(DBUSDIR)/system.d/org.mptcp.PathManager1.conf
+	install -Dm644 dist/dbus-1/system-services/org.mptcp.PathManager1.service \
+		$(DESTDIR)$(DBUSDIR)/system-services/org.mptcp.PathManager1.service
+	for i in $(IFACES); do \
+		install -Dm644 introspection/org.mptcp.PathManager1.$$i.xml \
+			$(DESTDIR)$(DBUSDIR)/interfaces/org.mptcp.PathManager1.$$i.xml || exit 1; \
+	done
+	install -Dm644 dist/polkit-1/actions/org.mptcp.pathmanager1.policy $(DESTDIR)$(POLKITDIR)/org.mptcp.pathmanager1.policy
+	install -Dm644 dist/man/mptcpctl.1 $(DESTDIR)$(MANDIR)/man1/mptcpctl.1
+	install -Dm644 dist/man/mptcp-pmd.toml.5 $(DESTDIR)$(MANDIR)/man5/mptcp-pmd.toml.5
+	install -Dm644 dist/man/mptcp-pmd.8 $(DESTDIR)$(MANDIR)/man8/mptcp-pmd.8
+	install -Dm644 dist/mptcp-pmd.toml $(DESTDIR)$(DOCDIR)/mptcp-pmd.toml
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/mptcp-pmd $(DESTDIR)$(BINDIR)/mptcpctl \
+		$(DESTDIR)$(UNITDIR)/mptcp-pmd.service \
+		$(DESTDIR)$(SYSUSERSDIR)/mptcp-pmd.conf \
+		$(DESTDIR)$(DBUSDIR)/system.d/org.mptcp.PathManager1.conf \
+		$(DESTDIR)$(DBUSDIR)/system-services/org.mptcp.PathManager1.service \
+		$(foreach i,$(IFACES),$(DESTDIR)$(DBUSDIR)/interfaces/org.mptcp.PathManager1.$(i).xml) \
+		$(DESTDIR)$(POLKITDIR)/org.mptcp.pathmanager1.policy \
+		$(DESTDIR)$(MANDIR)/man1/mptcpctl.1 \
+		$(DESTDIR)$(MANDIR)/man5/mptcp-pmd.toml.5 \
+		$(DESTDIR)$(MANDIR)/man8/mptcp-pmd.8 \
+		$(DESTDIR)$(DOCDIR)/mptcp-pmd.toml
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 # A throw-away namespace lab, a private bus, the daemon, real MPTCP traffic.
 demo: build
