@@ -1,9 +1,9 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -13,15 +13,14 @@ import (
 
 // The D-Bus names of the contract (see introspection/).
 const (
-	busName       = "org.mptcp.PathManager1"
-	managerPath   = dbus.ObjectPath("/org/mptcp/PathManager1")
-	managerIface  = "org.mptcp.PathManager1.Manager"
-	connIface     = "org.mptcp.PathManager1.Connection"
-	connPathBase  = "/org/mptcp/PathManager1/connection/"
-	errorPrefix   = "org.mptcp.PathManager1.Error."
-	propsIface    = "org.freedesktop.DBus.Properties"
-	objMgrIface   = "org.freedesktop.DBus.ObjectManager"
-	dbusNoService = "org.freedesktop.DBus.Error.ServiceUnknown"
+	busName      = "org.mptcp.PathManager1"
+	managerPath  = dbus.ObjectPath("/org/mptcp/PathManager1")
+	managerIface = "org.mptcp.PathManager1.Manager"
+	connIface    = "org.mptcp.PathManager1.Connection"
+	connPathBase = "/org/mptcp/PathManager1/connection/"
+	errorPrefix  = "org.mptcp.PathManager1.Error."
+	propsIface   = "org.freedesktop.DBus.Properties"
+	objMgrIface  = "org.freedesktop.DBus.ObjectManager"
 )
 
 // client is mptcpctl's view of the daemon: the bus connection and the
@@ -31,10 +30,15 @@ type client struct {
 	mgr  dbus.BusObject
 }
 
+// dial connects to the system bus (DBUS_SYSTEM_BUS_ADDRESS when set).
 func dial() (*client, error) {
 	conn, err := dbus.ConnectSystemBus()
 	if err != nil {
-		return nil, &exitError{code: exitUnavailable, err: fmt.Errorf("cannot reach the system bus: %w", err)}
+		where := "the system bus"
+		if a := os.Getenv("DBUS_SYSTEM_BUS_ADDRESS"); a != "" {
+			where += " at " + a
+		}
+		return nil, &exitError{code: exitUnavailable, err: fmt.Errorf("cannot reach %s: %w", where, err)}
 	}
 	return &client{conn: conn, mgr: conn.Object(busName, managerPath)}, nil
 }
@@ -71,6 +75,14 @@ type limits struct {
 type localAddress struct {
 	Interface string `json:"interface"`
 	Address   string `json:"address"`
+}
+
+// addressInfo is one entry of Manager.ListAddresses.
+type addressInfo struct {
+	Interface string `json:"interface"`
+	Address   string `json:"address"`
+	Usable    bool   `json:"usable"`
+	Reason    string `json:"reason"` // why it is not usable; "" when usable
 }
 
 // connection holds one connection object's properties.
@@ -122,17 +134,22 @@ func storeProps(props map[string]dbus.Variant, dest map[string]any) error {
 	return nil
 }
 
+// managerFields points at the fields of m by property name.
+func managerFields(m *manager) map[string]any {
+	return map[string]any{
+		"Version": &m.Version, "ControlMode": &m.ControlMode, "Controller": &m.Controller,
+		"Policy": &m.Policy, "KernelPathManager": &m.KernelPathManager, "Endpoints": &m.Endpoints,
+		"Limits": &m.Limits, "LocalAddresses": &m.LocalAddresses,
+	}
+}
+
 func (c *client) manager() (manager, error) {
 	var props map[string]dbus.Variant
 	if err := c.mgr.Call(propsIface+".GetAll", 0, managerIface).Store(&props); err != nil {
 		return manager{}, callError(err)
 	}
 	var m manager
-	err := storeProps(props, map[string]any{
-		"Version": &m.Version, "ControlMode": &m.ControlMode, "Controller": &m.Controller,
-		"Policy": &m.Policy, "KernelPathManager": &m.KernelPathManager, "Endpoints": &m.Endpoints,
-		"Limits": &m.Limits, "LocalAddresses": &m.LocalAddresses,
-	})
+	err := storeProps(props, managerFields(&m))
 	if m.Endpoints == nil {
 		m.Endpoints = []endpoint{}
 	}
@@ -140,6 +157,15 @@ func (c *client) manager() (manager, error) {
 		m.LocalAddresses = []localAddress{}
 	}
 	return m, err
+}
+
+// addresses lists the local addresses with the filters' verdict.
+func (c *client) addresses() ([]addressInfo, error) {
+	out := []addressInfo{}
+	if err := c.mgr.Call(managerIface+".ListAddresses", 0).Store(&out); err != nil {
+		return nil, callError(err)
+	}
+	return out, nil
 }
 
 // connections lists every connection object, by number.
@@ -164,9 +190,17 @@ func (c *client) connections() ([]connection, error) {
 	return conns, nil
 }
 
+// connection reads the connection object at path.
+func (c *client) connection(path dbus.ObjectPath) (connection, error) {
+	var props map[string]dbus.Variant
+	if err := c.conn.Object(busName, path).Call(propsIface+".GetAll", 0, connIface).Store(&props); err != nil {
+		return connection{}, callError(err)
+	}
+	return decodeConnection(path, props)
+}
+
 func decodeConnection(path dbus.ObjectPath, props map[string]dbus.Variant) (connection, error) {
-	cn := connection{Path: string(path)}
-	cn.Number, _ = strconv.ParseUint(strings.TrimPrefix(string(path), connPathBase), 10, 64)
+	cn := connection{Path: string(path), Number: connNumber(path)}
 	err := storeProps(props, map[string]any{
 		"Token": &cn.Token, "ServerSide": &cn.ServerSide, "State": &cn.State,
 		"LocalAddress": &cn.LocalAddress, "LocalPort": &cn.LocalPort,
@@ -186,31 +220,58 @@ func decodeConnection(path dbus.ObjectPath, props map[string]dbus.Variant) (conn
 	return cn, err
 }
 
-// resolve turns a connection argument into its object path: a number as
-// the connections table shows it ("3" or "#3"), a token in hex as
-// `ip mptcp monitor` prints it ("0x8fa8e6a2" or eight hex digits), or an
-// object path.
-func (c *client) resolve(arg string) (dbus.ObjectPath, error) {
+// connNumber is the number n of a connection object path, 0 if the path is
+// not one.
+func connNumber(p dbus.ObjectPath) uint64 {
+	n, _ := strconv.ParseUint(strings.TrimPrefix(string(p), connPathBase), 10, 64)
+	return n
+}
+
+// connRef is a connection as the command line names it: its object path,
+// or its token.
+type connRef struct {
+	path    dbus.ObjectPath
+	token   uint32
+	byToken bool
+}
+
+// parseConn parses a connection argument: a number as the connections
+// table shows it ("3" or "#3"), a token in hex as `ip mptcp monitor`
+// prints it ("0x8fa8e6a2" or eight hex digits), or an object path.
+func parseConn(arg string) (connRef, error) {
 	switch {
-	case strings.HasPrefix(arg, connPathBase):
-		return dbus.ObjectPath(arg), nil
+	case strings.HasPrefix(arg, connPathBase) && dbus.ObjectPath(arg).IsValid():
+		return connRef{path: dbus.ObjectPath(arg)}, nil
 	case strings.HasPrefix(arg, "0x") || strings.HasPrefix(arg, "0X") || len(arg) == 8:
 		tok, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(arg), "0x"), 16, 32)
 		if err != nil {
-			return "", usageErrorf("%q is not a token (8 hex digits, as `mptcpctl connections` shows)", arg)
+			return connRef{}, usageErrorf("%q is not a token (8 hex digits, as `mptcpctl connections` shows)", arg)
 		}
-		var p dbus.ObjectPath
-		if err := c.mgr.Call(managerIface+".GetConnectionByToken", 0, uint32(tok)).Store(&p); err != nil {
-			return "", callError(err)
-		}
-		return p, nil
+		return connRef{token: uint32(tok), byToken: true}, nil
 	default:
 		n, err := strconv.ParseUint(strings.TrimPrefix(arg, "#"), 10, 64)
 		if err != nil || n == 0 {
-			return "", usageErrorf("%q is neither a connection number nor a token", arg)
+			return connRef{}, usageErrorf("%q is neither a connection number nor a token", arg)
 		}
-		return dbus.ObjectPath(fmt.Sprintf("%s%d", connPathBase, n)), nil
+		return connRef{path: dbus.ObjectPath(fmt.Sprintf("%s%d", connPathBase, n))}, nil
 	}
+}
+
+// resolve returns the object path of a connection.
+func (c *client) resolve(r connRef) (dbus.ObjectPath, error) {
+	if !r.byToken {
+		return r.path, nil
+	}
+	var p dbus.ObjectPath
+	if err := c.callManager("GetConnectionByToken", r.token).Store(&p); err != nil {
+		return "", callError(err)
+	}
+	return p, nil
+}
+
+// callManager calls a method of the manager object.
+func (c *client) callManager(method string, args ...any) *dbus.Call {
+	return c.mgr.Call(managerIface+"."+method, 0, args...)
 }
 
 func (c *client) callConn(path dbus.ObjectPath, method string, args ...any) *dbus.Call {
@@ -233,40 +294,4 @@ func parseAddrPort(s string, allowBare bool) (netip.Addr, uint16, error) {
 		want = "ADDRESS[:PORT]"
 	}
 	return netip.Addr{}, 0, usageErrorf("%q is not %s (IPv6 as [ADDRESS]:PORT)", s, want)
-}
-
-// callError turns a D-Bus error into an exitError with a message that says
-// what went wrong and, where it can, what to do.
-func callError(err error) error {
-	var de dbus.Error
-	if !errors.As(err, &de) {
-		var dep *dbus.Error
-		if !errors.As(err, &dep) {
-			return &exitError{code: exitFailure, err: err}
-		}
-		de = *dep
-	}
-	msg := ""
-	if len(de.Body) > 0 {
-		msg, _ = de.Body[0].(string)
-	}
-	name := strings.TrimPrefix(de.Name, errorPrefix)
-	switch de.Name {
-	case dbusNoService, "org.freedesktop.DBus.Error.NameHasNoOwner":
-		return &exitError{code: exitUnavailable, err: errors.New("mptcp-pmd is not running (no owner of " + busName + " on the system bus); start it with `systemctl start mptcp-pmd`")}
-	case errorPrefix + "PermissionDenied", "org.freedesktop.DBus.Error.AccessDenied":
-		return &exitError{code: exitPermission, err: fmt.Errorf("permission denied: %s (run as root, as a member of an allowed group, or with polkit authorization)", msg)}
-	case errorPrefix + "NotController":
-		return &exitError{code: exitFailure, err: fmt.Errorf("not the controller: %s (a controller has claimed path management; see `mptcpctl status`)", msg)}
-	case errorPrefix + "NotSupported":
-		return &exitError{code: exitFailure, err: fmt.Errorf("not supported: %s (userspace commands need net.mptcp.path_manager=userspace when the connection was made)", msg)}
-	case errorPrefix + "NotFound":
-		return &exitError{code: exitNotFound, err: fmt.Errorf("not found: %s", msg)}
-	case "org.freedesktop.DBus.Error.UnknownObject", "org.freedesktop.DBus.Error.UnknownMethod":
-		return &exitError{code: exitNotFound, err: fmt.Errorf("not found: %s", msg)}
-	}
-	if strings.HasPrefix(de.Name, errorPrefix) {
-		return &exitError{code: exitFailure, err: fmt.Errorf("%s: %s", name, msg)}
-	}
-	return &exitError{code: exitFailure, err: fmt.Errorf("%s: %s", de.Name, msg)}
 }

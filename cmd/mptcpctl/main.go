@@ -1,13 +1,17 @@
 // Command mptcpctl queries and controls mptcp-pmd, the Multipath TCP path
-// manager daemon, over its D-Bus API (org.mptcp.PathManager1).
+// manager daemon, over its D-Bus API (org.mptcp.PathManager1) only.
+//
+// The commands are listed in help.go; `mptcpctl help` prints them.
 package main
 
 import (
+	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 )
 
 // Exit codes scripts can rely on.
@@ -33,99 +37,83 @@ func usageErrorf(format string, args ...any) error {
 	return &exitError{code: exitUsage, err: fmt.Errorf(format, args...)}
 }
 
-const usage = `Usage: mptcpctl [--json] COMMAND [ARGS]
-
-Query and control mptcp-pmd, the Multipath TCP path manager, over D-Bus.
-
-Commands:
-  status                                 daemon, policy, control and kernel state
-  connections                            MPTCP connections and their subflows
-  connection show CONN                   one connection in detail
-  monitor                                print events as they happen (Ctrl-C ends)
-  subflow add CONN LOCAL REMOTE:PORT [--backup] [--local-id ID] [--local-port P] [--interface IF]
-  subflow del CONN LOCAL:PORT REMOTE:PORT
-  subflow backup CONN LOCAL:PORT REMOTE:PORT on|off
-  announce CONN ADDRESS[:PORT] [--id ID] announce a local address to the peer
-  remove CONN ID                         withdraw an announced address
-
-CONN is a connection number as "connections" shows it (3 or #3), or its
-token in hex (0x8fa8e6a2, or the eight digits alone).
-
-Options:
-  --json     print listings as JSON (monitor: one JSON object per line)
-
-Exit status: 0 success, 1 the daemon refused, 2 usage, 3 daemon or bus not
-reachable, 4 permission denied, 5 not found.
-`
+// errHelp is returned by a command asked for its help (which it printed).
+var errHelp = errors.New("help printed")
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("mptcpctl", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	jsonOut := fs.Bool("json", false, "")
-	help := fs.Bool("help", false, "")
-	fs.BoolVar(help, "h", false, "")
-	if err := fs.Parse(args); err != nil {
-		fmt.Fprintf(stderr, "mptcpctl: %v\n\n%s", err, usage)
-		return exitUsage
-	}
-	if *help || fs.NArg() == 0 {
-		fmt.Fprint(stdout, usage)
-		if *help {
-			return exitOK
-		}
-		return exitUsage
-	}
-	err := dispatch(&ctx{out: stdout, json: *jsonOut}, fs.Args())
-	if err == nil {
+// run runs mptcpctl with the command line args and returns the exit code.
+// ctx ends long-running commands (monitor).
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	x := &cmdCtx{ctx: ctx, out: stdout}
+	defer x.close()
+	err := x.dispatch(args)
+	if err == nil || errors.Is(err, errHelp) {
 		return exitOK
 	}
 	fmt.Fprintf(stderr, "mptcpctl: %v\n", err)
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.code == exitUsage {
-			fmt.Fprintln(stderr, "Run 'mptcpctl --help' for usage.")
+			fmt.Fprintln(stderr, "Run 'mptcpctl help' for usage.")
 		}
 		return ee.code
 	}
 	return exitFailure
 }
 
-// ctx is what every command gets: where to print and how.
-type ctx struct {
+// cmdCtx is what every command gets: where to print, how, and the
+// connection to the daemon, made on first use so that a usage error or a
+// help request needs no bus.
+type cmdCtx struct {
+	ctx  context.Context
 	out  io.Writer
 	json bool
 	c    *client
 }
 
-func dispatch(x *ctx, args []string) error {
-	cmd, rest := args[0], args[1:]
-	run, ok := commands[cmd]
-	if !ok {
-		return usageErrorf("unknown command %q", cmd)
+func (x *cmdCtx) client() (*client, error) {
+	if x.c == nil {
+		c, err := dial()
+		if err != nil {
+			return nil, err
+		}
+		x.c = c
 	}
-	c, err := dial()
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	x.c = c
-	return run(x, rest)
+	return x.c, nil
 }
 
-var commands map[string]func(*ctx, []string) error
-
-func init() {
-	commands = map[string]func(*ctx, []string) error{
-		"status":      cmdStatus,
-		"connections": cmdConnections,
-		"connection":  cmdConnection,
-		"monitor":     cmdMonitor,
-		"subflow":     cmdSubflow,
-		"announce":    cmdAnnounce,
-		"remove":      cmdRemove,
+func (x *cmdCtx) close() {
+	if x.c != nil {
+		x.c.close()
 	}
+}
+
+// dispatch parses the global options, finds the command and runs it.
+func (x *cmdCtx) dispatch(args []string) error {
+	for len(args) > 0 {
+		switch args[0] {
+		case "--json", "-json":
+			x.json = true
+		case "-h", "-help", "--help":
+			return x.help(nil)
+		default:
+			if len(args[0]) > 1 && args[0][0] == '-' {
+				return usageErrorf("unknown option %s", args[0])
+			}
+			cmd, rest, err := lookup(args)
+			if err != nil {
+				return err
+			}
+			return cmd.run(x, rest)
+		}
+		args = args[1:]
+	}
+	x.help(nil)
+	return usageErrorf("no command given")
 }
