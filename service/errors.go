@@ -39,9 +39,14 @@ func invalidf(format string, args ...any) error {
 
 // wrapErr maps err, from the kernel or elsewhere, to the matching service
 // sentinel, keeping its text after op: "announce: <the kernel's words>".
-// Text that starts with op already (pm names the command) is kept as is.
+// A kernel refusal keeps only its own text, which names the command; text
+// that starts with op already is kept as is.
 func wrapErr(op string, err error) error {
 	msg := err.Error()
+	var ke *pm.Error
+	if errors.As(err, &ke) {
+		msg = ke.Error() // without pm's own "pm: " prefix
+	}
 	if !strings.HasPrefix(msg, op+": ") {
 		msg = op + ": " + msg
 	}

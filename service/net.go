@@ -135,6 +135,17 @@ func (n *netState) linkName(i int32) string {
 }
 
 // linkIndex returns the index of the link named name.
+// hasAddr reports whether a is configured on one of the host's links.
+func (n *netState) hasAddr(a netip.Addr) bool {
+	a = a.Unmap().WithZone("")
+	for k := range n.addrs {
+		if k.addr.Unmap() == a {
+			return true
+		}
+	}
+	return false
+}
+
 func (n *netState) linkIndex(name string) (int32, bool) {
 	for _, l := range n.links {
 		if l.Name == name {

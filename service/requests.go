@@ -355,6 +355,9 @@ func (s *Service) CreateSubflow(ctx context.Context, c Caller, conn uint64, r Su
 		if local.Unmap().Is4() != remote.Unmap().Is4() {
 			return invalidf("%s: %s and %s are of different families", op, local, remote)
 		}
+		if s.synced && !s.net.hasAddr(local) {
+			return invalidf("%s: %s is not an address of this host", op, local)
+		}
 		id := r.LocalID
 		if id == 0 {
 			id = s.ids.id(local, r.LocalPort)

@@ -652,3 +652,29 @@ func TestOverflowRereadsKeepsConnections(t *testing.T) {
 	}
 	sameStrings(t, "resync", describeAll(h.take()), []string{"manager [Limits]", "manager [Endpoints]"})
 }
+
+// TestCreateSubflowForeignAddress checks that, once the host's addresses
+// are known, a subflow from an address the host does not have is refused
+// before the kernel is asked (the kernel would only say EADDRNOTAVAIL).
+func TestCreateSubflowForeignAddress(t *testing.T) {
+	h := newHarness(t)
+	h.sendNet(
+		NetEvent{Kind: NetLinkChanged, Link: Link{Index: 5, Name: "c1", Up: true, Carrier: true}},
+		NetEvent{Kind: NetAddressAdded, Address: LinkAddress{Index: 5, Prefix: netip.MustParsePrefix("10.55.1.1/24")}},
+		NetEvent{Kind: NetSynced},
+	)
+	c := h.open(1, "10.55.0.1:40000", "10.55.0.2:8080")
+	h.take()
+	err := h.s.CreateSubflow(bg, admin, c, SubflowRequest{LocalAddress: netip.MustParseAddr("10.55.9.9"), RemoteAddress: srvAddr, RemotePort: 8080})
+	if !errors.Is(err, ErrInvalidArguments) || !strings.Contains(err.Error(), "10.55.9.9 is not an address of this host") {
+		t.Errorf("foreign local address: %v, want InvalidArguments naming it", err)
+	}
+	for _, call := range h.k.Calls() {
+		if strings.HasPrefix(call, "CreateSubflow") {
+			t.Errorf("the kernel was asked: %s", call)
+		}
+	}
+	if err := h.s.CreateSubflow(bg, admin, c, SubflowRequest{LocalAddress: netip.MustParseAddr("10.55.1.1"), RemoteAddress: srvAddr, RemotePort: 8080}); err != nil {
+		t.Errorf("own address: %v", err)
+	}
+}
