@@ -52,6 +52,7 @@ DBUSDIR      ?= $(PREFIX)/share/dbus-1
 POLKITDIR    ?= $(PREFIX)/share/polkit-1/actions
 MANDIR       ?= $(PREFIX)/share/man
 DOCDIR       ?= $(PREFIX)/share/doc/mptcp-pmd
+COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 IFACES       := Manager Connection Controller
 
 install: build
@@ -74,6 +75,7 @@ install: build
 	install -Dm644 dist/man/mptcp-pmd.toml.5 $(DESTDIR)$(MANDIR)/man5/mptcp-pmd.toml.5
 	install -Dm644 dist/man/mptcp-pmd.8 $(DESTDIR)$(MANDIR)/man8/mptcp-pmd.8
 	install -Dm644 dist/mptcp-pmd.toml $(DESTDIR)$(DOCDIR)/mptcp-pmd.toml
+	install -Dm644 dist/completion/mptcpctl.bash $(DESTDIR)$(COMPLETIONDIR)/mptcpctl
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/mptcp-pmd $(DESTDIR)$(BINDIR)/mptcpctl \
@@ -86,7 +88,8 @@ uninstall:
 		$(DESTDIR)$(MANDIR)/man1/mptcpctl.1 \
 		$(DESTDIR)$(MANDIR)/man5/mptcp-pmd.toml.5 \
 		$(DESTDIR)$(MANDIR)/man8/mptcp-pmd.8 \
-		$(DESTDIR)$(DOCDIR)/mptcp-pmd.toml
+		$(DESTDIR)$(DOCDIR)/mptcp-pmd.toml \
+		$(DESTDIR)$(COMPLETIONDIR)/mptcpctl
 	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 # A throw-away namespace lab, a private bus, the daemon, real MPTCP traffic.

@@ -258,6 +258,7 @@ func wantInstalled(tb testing.TB) map[string]struct {
 		"share/man/man5/mptcp-pmd.toml.5":                             {"dist/man/mptcp-pmd.toml.5", 0o644},
 		"share/man/man8/mptcp-pmd.8":                                  {"dist/man/mptcp-pmd.8", 0o644},
 		"share/doc/mptcp-pmd/mptcp-pmd.toml":                          {"dist/" + exampleConfig, 0o644},
+		"share/bash-completion/completions/mptcpctl":                  {"dist/completion/mptcpctl.bash", 0o644},
 	}
 	xmls, err := filepath.Glob(filepath.Join(projectRoot(tb), "introspection", "*.xml"))
 	if err != nil || len(xmls) == 0 {
