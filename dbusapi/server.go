@@ -306,6 +306,9 @@ func (s *Server) Publish(n service.Notification) {
 		s.mu.Lock()
 		_, known := s.conns[n.Connection.ID]
 		delete(s.conns, n.Connection.ID)
+		if len(s.conns) == 0 {
+			s.conns = make(map[uint64]service.Connection) // maps do not shrink
+		}
 		s.gen++
 		s.mu.Unlock()
 		if known {

@@ -100,6 +100,12 @@ func (t *connTable) add(token uint32) *conn {
 func (t *connTable) remove(c *conn) {
 	delete(t.byToken, c.token)
 	delete(t.byID, c.id)
+	if len(t.byID) == 0 && len(t.byToken) == 0 {
+		// Go maps keep their size after deletes: start afresh when the last
+		// connection goes, so a burst leaves no memory behind.
+		t.byToken = make(map[uint32]*conn)
+		t.byID = make(map[uint64]*conn)
+	}
 }
 
 // sorted returns the live connections by object number.

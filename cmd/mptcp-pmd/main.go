@@ -24,6 +24,7 @@ import (
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi"
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/netmon"
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
 
@@ -99,12 +100,10 @@ func loadConfig(o options) (service.Config, error) {
 		return cfg, err
 	}
 	if o.policy != "" {
-		switch o.policy {
-		case service.PolicyEndpoints, service.PolicySubflowPerInterface, service.PolicyFullmesh, service.PolicyNone:
-			cfg.Policy = o.policy
-		default:
-			return cfg, fmt.Errorf("--policy: unknown policy %q (endpoints, subflow-per-interface, fullmesh, none)", o.policy)
+		if _, err := policy.New(o.policy); err != nil {
+			return cfg, fmt.Errorf("--policy: %w", err)
 		}
+		cfg.Policy = o.policy
 	}
 	if o.logLevel != "" {
 		if err := cfg.LogLevel.UnmarshalText([]byte(o.logLevel)); err != nil {
@@ -204,6 +203,7 @@ func run(args []string, stderr io.Writer) error {
 			go sd.supervise(ctx, svc, watchdogInterval(log), status)
 		}
 	}
+	go trimMemory(ctx, trimInterval, trimThreshold, log)
 	log.Info("mptcp-pmd running", "version", version, "policy", cfg.Policy, "bus_name", dbusapi.BusName)
 	for done := false; !done; {
 		select {
@@ -301,12 +301,11 @@ func adaptNet(in <-chan netmon.Update, out chan<- service.NetEvent) {
 			if u.Kind == netmon.RouteRemoved {
 				ev.Kind = service.NetRouteRemoved
 			}
-			bits := 0
-			zero := netip.IPv4Unspecified()
+			dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0) // netmon reports default routes only
 			if u.Route.Family == netmon.FamilyIPv6 {
-				zero = netip.IPv6Unspecified()
+				dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 			}
-			ev.Route = service.Route{Index: u.Route.Index, Dst: netip.PrefixFrom(zero, bits)}
+			ev.Route = service.Route{Index: u.Route.Index, Dst: dst}
 		case netmon.Synced:
 			ev.Kind = service.NetSynced
 		default:
