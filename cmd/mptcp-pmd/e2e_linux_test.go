@@ -600,3 +600,32 @@ func TestStartErrors(t *testing.T) {
 		t.Logf("status %d: %s", code, out)
 	})
 }
+
+// TestGioExample runs dist/examples/connections-gio.py, the example that
+// uses GLib's GIO instead of python3-dbus, against the real daemon: it
+// must list the connection with its token, addresses and subflow.
+func TestGioExample(t *testing.T) {
+	requirePython(t)
+	s := newSetup(t, pmtest.LabOptions{ClientPM: "userspace"})
+	d := startDaemon(t, s.lab.Client, s.bus)
+	c, obj := s.established(t, d)
+	remote := addrPort(t, c.RemoteAddr())
+	local := addrPort(t, c.LocalAddr())
+	local1 := s.lab.Client.Addrs4[1]
+	from := s.rec.mark()
+	if err := d.obj(obj.Path).Call(connMethod+"CreateSubflow", 0, local1.String(), remote.Addr().String(), remote.Port(), map[string]dbus.Variant{"interface": dbus.MakeVariant("c1")}).Err; err != nil {
+		t.Fatalf("CreateSubflow: %v", err)
+	}
+	sf := subflowOf(t, s.rec.waitAfter(t, from, "SubflowEstablished", subflowSignal(t, obj.Path, sigSubflowEstablished, local1, remote)))
+	out, stderr, code := python(t, s.bus, "dist/examples/connections-gio.py")
+	if code != 0 {
+		t.Fatalf("connections-gio.py: status %d: %s", code, stderr)
+	}
+	want := []string{
+		fmt.Sprintf("%s token=%08x established client %s -> %s", obj.Path, obj.Token, local, remote),
+		fmt.Sprintf("  subflow id %d/%d %s:%d -> %s dev c1", sf.LocalID, sf.RemoteID, local1, sf.LocalPort, remote),
+	}
+	if got := strings.Split(strings.TrimSpace(out), "\n"); !slices.Equal(got, want) {
+		t.Errorf("connections-gio.py printed\n%s\nwant\n%s", out, strings.Join(want, "\n"))
+	}
+}
