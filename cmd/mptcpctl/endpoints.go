@@ -40,10 +40,7 @@ func parseID(s string) (uint8, error) {
 }
 
 func cmdEndpoints(x *cmdCtx, args []string) error {
-	if _, err := x.parse("endpoints", nil, args, 0); err != nil {
-		return err
-	}
-	c, err := x.client()
+	c, err := x.noArgs("endpoints", args)
 	if err != nil {
 		return err
 	}
@@ -140,10 +137,7 @@ func cmdEndpointSet(x *cmdCtx, args []string) error {
 }
 
 func cmdEndpointFlush(x *cmdCtx, args []string) error {
-	if _, err := x.parse("endpoint flush", nil, args, 0); err != nil {
-		return err
-	}
-	c, err := x.client()
+	c, err := x.noArgs("endpoint flush", args)
 	if err != nil {
 		return err
 	}
@@ -151,10 +145,7 @@ func cmdEndpointFlush(x *cmdCtx, args []string) error {
 }
 
 func cmdLimits(x *cmdCtx, args []string) error {
-	if _, err := x.parse("limits", nil, args, 0); err != nil {
-		return err
-	}
-	c, err := x.client()
+	c, err := x.noArgs("limits", args)
 	if err != nil {
 		return err
 	}

@@ -77,6 +77,7 @@ type cmdCtx struct {
 	c    *client
 }
 
+// client returns the connection to the daemon, dialling it the first time.
 func (x *cmdCtx) client() (*client, error) {
 	if x.c == nil {
 		c, err := dial()
@@ -86,6 +87,15 @@ func (x *cmdCtx) client() (*client, error) {
 		x.c = c
 	}
 	return x.c, nil
+}
+
+// noArgs checks that the command name got no arguments and returns the
+// connection to the daemon.
+func (x *cmdCtx) noArgs(name string, args []string) (*client, error) {
+	if _, err := x.parse(name, nil, args, 0); err != nil {
+		return nil, err
+	}
+	return x.client()
 }
 
 func (x *cmdCtx) close() {

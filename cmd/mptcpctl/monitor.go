@@ -36,10 +36,7 @@ type monitorEvent struct {
 }
 
 func cmdMonitor(x *cmdCtx, args []string) error {
-	if _, err := x.parse("monitor", nil, args, 0); err != nil {
-		return err
-	}
-	c, err := x.client()
+	c, err := x.noArgs("monitor", args)
 	if err != nil {
 		return err
 	}

@@ -7,10 +7,7 @@ import (
 // The read-only views: status, connections, connection show, addresses.
 
 func cmdStatus(x *cmdCtx, args []string) error {
-	if _, err := x.parse("status", nil, args, 0); err != nil {
-		return err
-	}
-	c, err := x.client()
+	c, err := x.noArgs("status", args)
 	if err != nil {
 		return err
 	}
@@ -43,10 +40,7 @@ func cmdStatus(x *cmdCtx, args []string) error {
 }
 
 func cmdConnections(x *cmdCtx, args []string) error {
-	if _, err := x.parse("connections", nil, args, 0); err != nil {
-		return err
-	}
-	c, err := x.client()
+	c, err := x.noArgs("connections", args)
 	if err != nil {
 		return err
 	}
@@ -115,10 +109,7 @@ func cmdConnectionShow(x *cmdCtx, args []string) error {
 }
 
 func cmdAddresses(x *cmdCtx, args []string) error {
-	if _, err := x.parse("addresses", nil, args, 0); err != nil {
-		return err
-	}
-	c, err := x.client()
+	c, err := x.noArgs("addresses", args)
 	if err != nil {
 		return err
 	}
