@@ -164,3 +164,87 @@ func TestMptcpctlKernelState(t *testing.T) {
 		t.Errorf("status has %d usable addresses, addresses %d", len(st.LocalAddresses), usable)
 	}
 }
+
+// TestMptcpctlAnnounce: `mptcpctl announce`, `connection show` and
+// `remove` against the real daemon on a userspace-PM connection, checked
+// against the kernel (the peer's in-kernel path manager joins the
+// announced address; the connection's address list), with `monitor --json`
+// seeing our announcement come and go.
+func TestMptcpctlAnnounce(t *testing.T) {
+	s := newSetup(t, pmtest.LabOptions{ClientPM: "userspace"})
+	d := startDaemon(t, s.lab.Client, s.bus)
+	k, err := pm.Dial(&pm.Config{NetNS: s.lab.Client.NSFD()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	mon := startBackground(t, ctlCommand(t, s.bus, "monitor", "--json"), `"monitoring"`)
+	_, obj := s.established(t, d)
+	n := strings.TrimPrefix(string(obj.Path), "/org/mptcp/PathManager1/connection/")
+	addr := s.lab.Client.Addrs4[1]
+
+	out := mustCtlE2E(t, s, "announce", n, addr.String())
+	var port uint16
+	var id uint8
+	if _, err := fmt.Sscanf(out, "announced "+addr.String()+":%d with id %d", &port, &id); err != nil || port == 0 || id == 0 {
+		t.Fatalf("announce printed %q (%v)", out, err)
+	}
+	type announced struct {
+		ID      uint8  `json:"id"`
+		Address string `json:"address"`
+		Port    uint16 `json:"port"`
+	}
+	type subflow struct {
+		LocalAddress string `json:"local_address"`
+		LocalPort    uint16 `json:"local_port"`
+	}
+	type conn struct {
+		Token     uint32      `json:"token"`
+		Announced []announced `json:"announced_addresses"`
+		Subflows  []subflow   `json:"subflows"`
+	}
+	want := announced{id, addr.String(), port}
+	eventually(t, 5*time.Second, "the peer joins the announced address", func() bool {
+		c := ctlJSON[conn](t, s, "connection", "show", n)
+		joined := slices.Contains(c.Subflows, subflow{addr.String(), port})
+		return c.Token == obj.Token && slices.Equal(c.Announced, []announced{want}) && joined
+	})
+	inKernel := func() bool {
+		as, err := k.Addresses(obj.Token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.ContainsFunc(as, func(a pm.Address) bool { return a.ID == id && a.Addr == addr && a.Port == port })
+	}
+	if !inKernel() {
+		t.Errorf("the kernel's addresses of token %08x lack id %d %s:%d", obj.Token, id, addr, port)
+	}
+
+	mustCtlE2E(t, s, "remove", n, fmt.Sprint(id))
+	if c := ctlJSON[conn](t, s, "connection", "show", n); len(c.Announced) != 0 {
+		t.Errorf("after remove: announced %+v", c.Announced)
+	}
+	if inKernel() {
+		t.Errorf("after remove the kernel still lists id %d", id)
+	}
+
+	out, _ = mon.stop(t)
+	var events []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev struct {
+			Event   string `json:"event"`
+			ID      uint8  `json:"id"`
+			Address string `json:"address"`
+		}
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("monitor --json printed a line that is not JSON: %q", line)
+		}
+		if strings.HasPrefix(ev.Event, "local_") {
+			events = append(events, fmt.Sprintf("%s %d %s", ev.Event, ev.ID, ev.Address))
+		}
+	}
+	hp := netip.AddrPortFrom(addr, port).String()
+	if wantEv := []string{fmt.Sprintf("local_announced %d %s", id, hp), fmt.Sprintf("local_removed %d %s", id, hp)}; !slices.Equal(events, wantEv) {
+		t.Errorf("monitor --json saw %q, want %q", events, wantEv)
+	}
+}
