@@ -84,35 +84,44 @@ type AuthOptions struct {
 // service.ErrPermissionDenied, and so is everyone else when polkit cannot
 // be asked (not installed, not running, an error or no answer in time).
 // Nothing is cached: polkit has its own cache, and the rest is cheap.
-func NewAuthorizer(conn *dbus.Conn, opts AuthOptions) Authorizer {
-	a := &busAuthorizer{conn: conn, groups: slices.Clone(opts.Groups), log: opts.Logger}
+func NewAuthorizer(conn *dbus.Conn, opts AuthOptions) *BusAuthorizer {
+	a := &BusAuthorizer{conn: conn, log: opts.Logger}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
-	for _, g := range a.groups {
-		if _, err := lookupGroup(g); err != nil {
-			a.log.Warn("dbusapi: an allowed group does not exist (yet)", "group", g, "err", err)
-		}
-	}
+	a.SetGroups(opts.Groups)
 	return a
 }
 
-// busAuthorizer is NewAuthorizer's Authorizer.
-type busAuthorizer struct {
+// BusAuthorizer is NewAuthorizer's Authorizer. It is safe for concurrent
+// use.
+type BusAuthorizer struct {
 	conn   *dbus.Conn
-	groups []string
+	groups atomic.Pointer[[]string] // the allowed groups
 	log    *slog.Logger
 
 	polkitFailed atomic.Bool // a failure to ask polkit was logged at Warn
 }
 
+// SetGroups replaces the allowed groups (AuthOptions.Groups), as a
+// configuration reload does; checks from then on use the new ones.
+func (a *BusAuthorizer) SetGroups(groups []string) {
+	g := slices.Clone(groups)
+	for _, name := range g {
+		if _, err := lookupGroup(name); err != nil {
+			a.log.Warn("dbusapi: an allowed group does not exist (yet)", "group", name, "err", err)
+		}
+	}
+	a.groups.Store(&g)
+}
+
 // Authorize implements Authorizer.
-func (a *busAuthorizer) Authorize(ctx context.Context, sender string, uid uint32, interactive bool) error {
+func (a *BusAuthorizer) Authorize(ctx context.Context, sender string, uid uint32, interactive bool) error {
 	if uid == 0 {
 		return nil
 	}
-	if len(a.groups) > 0 {
-		gid, ok, err := a.inGroup(ctx, sender, uid)
+	if groups := *a.groups.Load(); len(groups) > 0 {
+		gid, ok, err := a.inGroup(ctx, groups, sender, uid)
 		if err != nil {
 			a.log.Warn("dbusapi: cannot read the caller's groups", "sender", sender, "uid", uid, "err", err)
 		}
@@ -126,7 +135,7 @@ func (a *busAuthorizer) Authorize(ctx context.Context, sender string, uid uint32
 
 // inGroup reports whether the caller is in one of the allowed groups, and
 // which.
-func (a *busAuthorizer) inGroup(ctx context.Context, sender string, uid uint32) (uint32, bool, error) {
+func (a *BusAuthorizer) inGroup(ctx context.Context, groups []string, sender string, uid uint32) (uint32, bool, error) {
 	var creds map[string]dbus.Variant
 	err := a.conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetConnectionCredentials", 0, sender).Store(&creds)
 	if err != nil {
@@ -136,7 +145,7 @@ func (a *busAuthorizer) inGroup(ctx context.Context, sender string, uid uint32) 
 	if err != nil {
 		return 0, false, err
 	}
-	for _, g := range a.groups {
+	for _, g := range groups {
 		gid, err := lookupGroup(g)
 		if err != nil {
 			continue // warned about at start
@@ -211,7 +220,7 @@ type polkitResult struct {
 }
 
 // polkit asks polkit whether the caller may perform PolkitAction.
-func (a *busAuthorizer) polkit(ctx context.Context, sender string, uid uint32, interactive bool) error {
+func (a *BusAuthorizer) polkit(ctx context.Context, sender string, uid uint32, interactive bool) error {
 	flags, timeout := uint32(0), polkitTimeout
 	if interactive {
 		flags, timeout = polkitAllowUserInteraction, polkitInteractiveTimeout
@@ -239,7 +248,7 @@ func (a *busAuthorizer) polkit(ctx context.Context, sender string, uid uint32, i
 
 // polkitUnavailable logs a failure to ask polkit: the first at Warn, the
 // rest at Debug.
-func (a *busAuthorizer) polkitUnavailable(err error) {
+func (a *BusAuthorizer) polkitUnavailable(err error) {
 	msg := "dbusapi: cannot ask polkit: only root and the allowed groups may make changes"
 	var de dbus.Error
 	if errors.As(err, &de) && (de.Name == "org.freedesktop.DBus.Error.ServiceUnknown" || de.Name == "org.freedesktop.DBus.Error.NameHasNoOwner") {

@@ -650,6 +650,16 @@ func TestAuthorizerDirect(t *testing.T) {
 	if err := auth.Authorize(ctx, me, 1000, false); err != nil {
 		t.Errorf("member of the allowed group %d: %v", gid, err)
 	}
+	// A reload that drops the group takes effect at once, and one that
+	// brings it back too.
+	auth.SetGroups(nil)
+	if err := auth.Authorize(ctx, me, 1000, false); !errors.Is(err, service.ErrPermissionDenied) {
+		t.Errorf("after SetGroups(nil): %v, want PermissionDenied", err)
+	}
+	auth.SetGroups([]string{strconv.Itoa(int(gid))})
+	if err := auth.Authorize(ctx, me, 1000, false); err != nil {
+		t.Errorf("after SetGroups(%d): %v", gid, err)
+	}
 	// A name that left the bus has no credentials: no group check, no
 	// polkit, refused.
 	gone := bus.Dial(t)

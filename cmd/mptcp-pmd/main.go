@@ -173,10 +173,8 @@ func run(args []string, stderr io.Writer) error {
 		Logger:    log,
 		Version:   version,
 	})
-	srv, err := dbusapi.New(conn, svc, dbusapi.Options{
-		Authorizer: dbusapi.NewAuthorizer(conn, dbusapi.AuthOptions{Groups: cfg.AuthGroups, Logger: log}),
-		Logger:     log,
-	})
+	auth := dbusapi.NewAuthorizer(conn, dbusapi.AuthOptions{Groups: cfg.AuthGroups, Logger: log})
+	srv, err := dbusapi.New(conn, svc, dbusapi.Options{Authorizer: auth, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -210,7 +208,7 @@ func run(args []string, stderr io.Writer) error {
 		case err = <-runErr:
 			done = true
 		case <-hup:
-			reload(ctx, o, svc, level, sd, log)
+			reload(ctx, o, svc, auth, level, sd, log)
 		}
 	}
 	sd.stopping()
@@ -219,10 +217,11 @@ func run(args []string, stderr io.Writer) error {
 }
 
 // reload re-reads the configuration file, with the command line's
-// overrides, and applies it (SIGHUP). An invalid configuration is refused,
+// overrides, and applies it (SIGHUP): the service's part and the groups
+// allowed to make changes. An invalid configuration is refused,
 // with the reason (FILE:LINE for the file's mistakes), and the old one
 // stays.
-func reload(ctx context.Context, o options, svc *service.Service, level *slog.LevelVar, sd *notifier, log *slog.Logger) {
+func reload(ctx context.Context, o options, svc *service.Service, auth *dbusapi.BusAuthorizer, level *slog.LevelVar, sd *notifier, log *slog.Logger) {
 	sd.reloading()
 	defer func() {
 		if status, err := statusOf(ctx, svc); err == nil {
@@ -237,6 +236,7 @@ func reload(ctx context.Context, o options, svc *service.Service, level *slog.Le
 		log.Error("configuration reload refused: the old configuration stays", "config", o.configPath, "err", err)
 		return
 	}
+	auth.SetGroups(cfg.AuthGroups)
 	level.Set(cfg.LogLevel) // the service logged the reload
 }
 
