@@ -96,7 +96,7 @@ func BenchmarkEventToSignal(b *testing.B) {
 	kev := listenKernel(b, lab.Client)
 	objs := watchObjects(b, bus)
 	d := startDaemon(b, lab.Client, bus, "--log-level", "info")
-	server := serve(b, lab.Server, netip.AddrPortFrom(lab.Server.Addrs4[0], 0))
+	server := lab.Server.Serve(b, netip.AddrPortFrom(lab.Server.Addrs4[0], 0))
 
 	// For scale: a method call round trip to the daemon through the bus.
 	pings := make([]time.Duration, 200)
@@ -231,7 +231,7 @@ func BenchmarkConnections1000(b *testing.B) {
 	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", d.pid())); strings.TrimSpace(string(comm)) != "mptcp-pmd" {
 		b.Fatalf("process %d is %q, not mptcp-pmd", d.pid(), comm)
 	}
-	server := serve(b, lab.Server, netip.AddrPortFrom(lab.Server.Addrs4[0], 0))
+	server := lab.Server.Serve(b, netip.AddrPortFrom(lab.Server.Addrs4[0], 0))
 	time.Sleep(time.Second) // the start's allocations settle
 	idle, _, idleAnon := procMem(b, d.pid())
 

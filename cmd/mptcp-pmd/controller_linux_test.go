@@ -40,7 +40,7 @@ func TestController(t *testing.T) {
 	kev := listenKernel(t, cli)
 	cli.Run(t, "ip", "mptcp", "endpoint", "add", cli.Addrs4[2].String(), "signal")
 	d := startDaemon(t, cli, s.bus, "--policy", "subflow-per-interface")
-	server := serve(t, srv, netip.AddrPortFrom(srv.Addrs4[0], 0))
+	server := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
 	full := paths(server.Addr(), cli.Addrs4[1], cli.Addrs4[2])
 
 	// Before the controller: the policy's subflows.

@@ -45,7 +45,7 @@ func TestConnectionObjects(t *testing.T) {
 	srvKev := listenKernel(t, s.lab.Server)
 	sd := startDaemon(t, s.lab.Server, srvBus)
 
-	server := serve(t, s.lab.Server, netip.AddrPortFrom(s.lab.Server.Addrs4[0], 0))
+	server := s.lab.Server.Serve(t, netip.AddrPortFrom(s.lab.Server.Addrs4[0], 0))
 	c := dial(t, s.lab.Client, netip.Addr{}, server)
 	local, remote := addrPort(t, c.LocalAddr()), addrPort(t, c.RemoteAddr())
 
@@ -209,7 +209,7 @@ func TestAnnounceAddress(t *testing.T) {
 	s := newSetup(t, pmtest.LabOptions{ServerPM: "userspace"})
 	cliKev := listenKernel(t, s.lab.Client)
 	d := startDaemon(t, s.lab.Server, s.bus)
-	server := serve(t, s.lab.Server, netip.AddrPortFrom(s.lab.Server.Addrs4[0], 0))
+	server := s.lab.Server.Serve(t, netip.AddrPortFrom(s.lab.Server.Addrs4[0], 0))
 	c := dial(t, s.lab.Client, s.lab.Client.Addrs4[0], server)
 	local := addrPort(t, c.LocalAddr())
 	obj := addedConn(t, s.rec, 0, "the server connection", func(o connObject) bool { return o.RemotePort == local.Port() })

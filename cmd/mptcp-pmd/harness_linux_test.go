@@ -22,7 +22,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -730,61 +729,6 @@ func stateEstablished(path dbus.ObjectPath) func(*dbus.Signal) bool {
 	}
 }
 
-// serve listens for MPTCP connections on addr in h (port 0: any) and
-// returns the address; it reads what each connection sends and closes it
-// at end of file, so a client's close ends the connection at both ends.
-// Everything is closed when the test ends.
-func serve(t testing.TB, h *pmtest.Host, addr netip.AddrPort) netip.AddrPort {
-	t.Helper()
-	var ln net.Listener
-	err := h.Do(func() (err error) {
-		var lc net.ListenConfig
-		lc.SetMultipathTCP(true)
-		ln, err = lc.Listen(context.Background(), "tcp", addr.String())
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen on %s in %s: %v", addr, h.Name, err)
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns = map[net.Conn]bool{}
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				io.Copy(io.Discard, c)
-				c.Close()
-				mu.Lock()
-				delete(conns, c)
-				mu.Unlock()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return addrPort(t, ln.Addr())
-}
-
 // dial opens an MPTCP connection from h and sends a few bytes, so that it
 // becomes fully established (a client's MPTCP connection is established
 // only once the peer acknowledged data at the MPTCP level).
@@ -827,7 +771,7 @@ func asDBusError(err error) (dbus.Error, bool) {
 func (s *setup) established(t *testing.T, d *testDaemon) (net.Conn, connObject) {
 	t.Helper()
 	from := s.rec.mark()
-	server := serve(t, s.lab.Server, netip.AddrPortFrom(s.lab.Server.Addrs4[0], 0))
+	server := s.lab.Server.Serve(t, netip.AddrPortFrom(s.lab.Server.Addrs4[0], 0))
 	c := dial(t, s.lab.Client, s.lab.Client.Addrs4[0], server)
 	local := addrPort(t, c.LocalAddr())
 	obj := addedConn(t, s.rec, from, "the connection", func(o connObject) bool { return o.LocalPort == local.Port() })

@@ -34,7 +34,7 @@ func BenchmarkPolicyLatency(b *testing.B) {
 	cli, srv := lab.Client, lab.Server
 	bus := dbustest.StartBus(b, dbustest.SystemDefaults())
 	kev := listenKernel(b, cli)
-	server := serve(b, srv, netip.AddrPortFrom(srv.Addrs4[0], 0))
+	server := srv.Serve(b, netip.AddrPortFrom(srv.Addrs4[0], 0))
 
 	k, err := pm.Dial(&pm.Config{NetNS: cli.NSFD()})
 	if err != nil {

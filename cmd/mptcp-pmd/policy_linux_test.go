@@ -178,8 +178,8 @@ func TestPolicySubflowPerInterfaceClient(t *testing.T) {
 	carrier := watchCarrier(t, cli)
 	startDaemon(t, cli, s.bus, "--policy", "subflow-per-interface")
 
-	server4 := serve(t, srv, netip.AddrPortFrom(srv.Addrs4[0], 0))
-	server6 := serve(t, srv, netip.AddrPortFrom(srv.Addrs6[0], 0))
+	server4 := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
+	server6 := srv.Serve(t, netip.AddrPortFrom(srv.Addrs6[0], 0))
 	c4 := dial(t, cli, cli.Addrs4[0], server4)
 	c6 := dial(t, cli, cli.Addrs6[0], server6)
 	tok4, tok6 := connToken(t, kev, c4, false), connToken(t, kev, c6, false)
@@ -252,8 +252,8 @@ func TestPolicySubflowPerInterfaceServer(t *testing.T) {
 	kcli := listenKernel(t, cli)
 	startDaemon(t, srv, s.bus, "--policy", "subflow-per-interface")
 
-	server4 := serve(t, srv, netip.AddrPortFrom(srv.Addrs4[0], 0))
-	server6 := serve(t, srv, netip.AddrPortFrom(srv.Addrs6[0], 0))
+	server4 := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
+	server6 := srv.Serve(t, netip.AddrPortFrom(srv.Addrs6[0], 0))
 	c4 := dial(t, cli, cli.Addrs4[0], server4)
 	c6 := dial(t, cli, cli.Addrs6[0], server6)
 	tok4, tok6 := connToken(t, kcli, c4, false), connToken(t, kcli, c6, false)
@@ -358,7 +358,7 @@ func TestPolicyEndpoints(t *testing.T) {
 
 	// The endpoints work: a connection gets a subflow from c1's (path 2
 	// has the other program's signal endpoint, which makes no subflow).
-	server := serve(t, srv, netip.AddrPortFrom(srv.Addrs4[0], 0))
+	server := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
 	kev := listenKernel(t, cli)
 	c := dial(t, cli, cli.Addrs4[0], server)
 	waitSubflows(t, kev, connToken(t, kev, c, false), within(5*time.Second), "in-kernel subflows",
@@ -407,7 +407,7 @@ func TestPolicyReload(t *testing.T) {
 	path := strings.TrimPrefix(conf, "--config=")
 	d := startDaemon(t, cli, s.bus, conf, "--policy=") // the file decides
 
-	server := serve(t, srv, netip.AddrPortFrom(srv.Addrs4[0], 0))
+	server := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
 	c := dial(t, cli, cli.Addrs4[0], server)
 	tok := connToken(t, kev, c, false)
 	time.Sleep(100 * time.Millisecond)

@@ -188,8 +188,10 @@ func (h *Host) SetPathManager(tb testing.TB, pm string) {
 }
 
 // Serve opens an MPTCP listener on addr inside the namespace that accepts
-// connections and discards what they send, and returns the address it is
-// bound to (port 0 picks a port). It is closed when the test ends.
+// connections, discards what they send and closes each one when its client
+// does, so a client's close ends the connection at both ends. It returns
+// the address it is bound to (port 0 picks a port). Everything is closed
+// when the test ends.
 func (h *Host) Serve(tb testing.TB, addr netip.AddrPort) netip.AddrPort {
 	tb.Helper()
 	var ln net.Listener
@@ -202,9 +204,11 @@ func (h *Host) Serve(tb testing.TB, addr netip.AddrPort) netip.AddrPort {
 	if err != nil {
 		tb.Fatalf("pmtest: listen on %s in %s: %v", addr, h.Name, err)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]bool{}
+	)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -214,19 +218,23 @@ func (h *Host) Serve(tb testing.TB, addr netip.AddrPort) netip.AddrPort {
 				return
 			}
 			mu.Lock()
-			conns = append(conns, c)
+			conns[c] = true
 			mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				io.Copy(io.Discard, c)
+				c.Close()
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
 			}()
 		}
 	}()
 	h.onCleanup(tb, func() {
 		ln.Close()
 		mu.Lock()
-		for _, c := range conns {
+		for c := range conns {
 			c.Close()
 		}
 		mu.Unlock()
