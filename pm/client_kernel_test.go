@@ -253,10 +253,20 @@ func TestKernelUserspacePM(t *testing.T) {
 	lab := pmtest.NewLab(t, pmtest.LabOptions{Paths: 2, ClientPM: "userspace"})
 	cliEv := clientListen(t, lab.Client) // also lets the kernel accept the server's joins
 	srvEv := clientListen(t, lab.Server)
-	srv := lab.Server.Serve(t, netip.AddrPortFrom(netip.IPv4Unspecified(), 0))
+	server := lab.Server.Listen(t, netip.AddrPortFrom(netip.IPv4Unspecified(), 0))
+	srv := server.Addr
 	c := clientDial(t, lab.Client)
 
 	_, token := clientMustConnect(t, lab, cliEv, lab.Client.Addrs4[0], netip.AddrPortFrom(lab.Server.Addrs4[0], srv.Port()))
+	// The server's in-kernel PM can open a join only once its application
+	// has accepted the connection: before that the MPTCP socket has no
+	// struct socket, the join fails (MPJoinSynTxCreatSkErr) and is not
+	// tried again. So accept before announcing.
+	select {
+	case <-server.Accepted():
+	case <-time.After(clientEventWait):
+		t.Fatal("the server did not accept the connection")
+	}
 
 	// Announce the second client address, with a listener behind it.
 	annAddr := lab.Client.Serve(t, netip.AddrPortFrom(lab.Client.Addrs4[1], 0))

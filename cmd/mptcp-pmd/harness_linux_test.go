@@ -771,11 +771,18 @@ func asDBusError(err error) (dbus.Error, bool) {
 func (s *setup) established(t *testing.T, d *testDaemon) (net.Conn, connObject) {
 	t.Helper()
 	from := s.rec.mark()
-	server := s.lab.Server.Serve(t, netip.AddrPortFrom(s.lab.Server.Addrs4[0], 0))
-	c := dial(t, s.lab.Client, s.lab.Client.Addrs4[0], server)
+	server := s.lab.Server.Listen(t, netip.AddrPortFrom(s.lab.Server.Addrs4[0], 0))
+	c := dial(t, s.lab.Client, s.lab.Client.Addrs4[0], server.Addr)
 	local := addrPort(t, c.LocalAddr())
 	obj := addedConn(t, s.rec, from, "the connection", func(o connObject) bool { return o.LocalPort == local.Port() })
 	s.rec.waitAfter(t, from, "State established", stateEstablished(obj.Path))
+	// Accepted too, so the server's in-kernel path manager can open joins
+	// to what the client announces.
+	select {
+	case <-server.Accepted():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server did not accept the connection")
+	}
 	return c, d.connection(t, obj.Path)
 }
 

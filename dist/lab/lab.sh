@@ -48,7 +48,7 @@ lab_up() {
 	for ns in "$cli" "$srv"; do
 		ip netns add "$ns"
 		nsx "$ns" ip link set lo up
-		nsx "$ns" sysctl -qw net.mptcp.enabled=1 net.mptcp.add_addr_timeout=1 \
+		nsx "$ns" sysctl -qw net.mptcp.enabled=1 \
 			net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
 		nsx "$ns" ip mptcp limits set subflows 8 add_addr_accepted 8
 	done

@@ -119,9 +119,6 @@ func newHost(tb testing.TB, name string) *Host {
 	h.Run(tb, "ip", "link", "set", "lo", "up")
 	for _, kv := range []string{
 		"net.mptcp.enabled=1",
-		// An ADD_ADDR the peer did not take (it can come before the peer's
-		// side is fully established) is sent again after 1 s, not 120 s.
-		"net.mptcp.add_addr_timeout=1",
 		"net.ipv4.conf.all.rp_filter=0",
 		"net.ipv4.conf.default.rp_filter=0",
 		"net.ipv6.conf.all.accept_dad=0",
@@ -187,12 +184,30 @@ func (h *Host) SetPathManager(tb testing.TB, pm string) {
 	h.Run(tb, "sysctl", "-qw", "net.mptcp.pm_type="+t)
 }
 
-// Serve opens an MPTCP listener on addr inside the namespace that accepts
-// connections, discards what they send and closes each one when its client
-// does, so a client's close ends the connection at both ends. It returns
-// the address it is bound to (port 0 picks a port). Everything is closed
-// when the test ends.
+// Server is an MPTCP listener that Listen opened in a namespace.
+type Server struct {
+	Addr     netip.AddrPort // the address it is bound to
+	accepted chan struct{}
+}
+
+// Accepted gets a value for each connection the server accepted (it drops
+// values nobody reads beyond 64). A test that needs the peer's in-kernel
+// path manager to open joins from the server side waits for it: until its
+// application accepts a connection, the kernel cannot create subflows for
+// it (MPJoinSynTxCreatSkErr) and does not try again.
+func (s *Server) Accepted() <-chan struct{} { return s.accepted }
+
+// Serve is Listen that returns only the address.
 func (h *Host) Serve(tb testing.TB, addr netip.AddrPort) netip.AddrPort {
+	tb.Helper()
+	return h.Listen(tb, addr).Addr
+}
+
+// Listen opens an MPTCP listener on addr inside the namespace that accepts
+// connections, discards what they send and closes each one when its client
+// does, so a client's close ends the connection at both ends. Port 0 picks
+// a port. Everything is closed when the test ends.
+func (h *Host) Listen(tb testing.TB, addr netip.AddrPort) *Server {
 	tb.Helper()
 	var ln net.Listener
 	err := h.Do(func() (err error) {
@@ -204,6 +219,7 @@ func (h *Host) Serve(tb testing.TB, addr netip.AddrPort) netip.AddrPort {
 	if err != nil {
 		tb.Fatalf("pmtest: listen on %s in %s: %v", addr, h.Name, err)
 	}
+	srv := &Server{Addr: netip.MustParseAddrPort(ln.Addr().String()), accepted: make(chan struct{}, 64)}
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -220,6 +236,10 @@ func (h *Host) Serve(tb testing.TB, addr netip.AddrPort) netip.AddrPort {
 			mu.Lock()
 			conns[c] = true
 			mu.Unlock()
+			select {
+			case srv.accepted <- struct{}{}:
+			default:
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -240,7 +260,7 @@ func (h *Host) Serve(tb testing.TB, addr netip.AddrPort) netip.AddrPort {
 		mu.Unlock()
 		wg.Wait()
 	})
-	return netip.MustParseAddrPort(ln.Addr().String())
+	return srv
 }
 
 // Dial opens an MPTCP connection inside the namespace from local (the
