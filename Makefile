@@ -19,7 +19,8 @@ build:
 test: lint
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-# Unit tests only: no root, no kernel, no bus.
+# Unit tests only: what needs root, the kernel, a bus or another program
+# skips (the Require functions of pm/pmtest honour -short).
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
 

@@ -25,10 +25,20 @@ func Unavailable(tb testing.TB, format string, args ...any) {
 	tb.Skip("skipped: " + msg)
 }
 
+// skipShort skips the test in -short mode, which runs the unit tests only.
+func skipShort(tb testing.TB, what string) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("skipped in -short mode: needs " + what)
+	}
+}
+
 // RequireRoot skips (or, in CI, fails) a test unless it runs as root, which
-// namespace labs and the path manager's mutating commands need.
+// namespace labs and the path manager's mutating commands need. Like every
+// Require function, it also skips the test in -short mode.
 func RequireRoot(tb testing.TB) {
 	tb.Helper()
+	skipShort(tb, "root")
 	if os.Geteuid() != 0 {
 		Unavailable(tb, "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN to create network namespaces); run as root or with CI set")
 	}
@@ -38,6 +48,7 @@ func RequireRoot(tb testing.TB) {
 // enabled in the current network namespace.
 func RequireMPTCP(tb testing.TB) {
 	tb.Helper()
+	skipShort(tb, "MPTCP")
 	b, err := os.ReadFile("/proc/sys/net/mptcp/enabled")
 	if err != nil {
 		Unavailable(tb, "kernel has no MPTCP (%v)", err)
@@ -52,6 +63,7 @@ func RequireMPTCP(tb testing.TB) {
 // on PATH or at the absolute path given, and returns its path.
 func RequireProgram(tb testing.TB, name string) string {
 	tb.Helper()
+	skipShort(tb, name)
 	p, err := exec.LookPath(name)
 	if err != nil {
 		Unavailable(tb, "needs the program %s: %v", name, err)
