@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"net/netip"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -859,5 +860,28 @@ func TestPathManagerTypeParsing(t *testing.T) {
 	}
 	if _, err := mptcpEnabled(func(string) ([]byte, error) { return nil, notExist }); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("mptcpEnabled without the file: err = %v, want fs.ErrNotExist", err)
+	}
+}
+
+func TestSetPathManagerType(t *testing.T) {
+	files := map[string]string{}
+	write := func(exists ...string) func(string, []byte, fs.FileMode) error {
+		return func(name string, b []byte, _ fs.FileMode) error {
+			if !slices.Contains(exists, name) {
+				return &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+			}
+			files[name] = string(b)
+			return nil
+		}
+	}
+	if err := setPathManagerType("userspace", write(sysctlPathManager, sysctlPMType)); err != nil || files[sysctlPathManager] != "userspace" {
+		t.Errorf("with path_manager: %v, %v", err, files)
+	}
+	clear(files)
+	if err := setPathManagerType("kernel", write(sysctlPMType)); err != nil || files[sysctlPMType] != "0" {
+		t.Errorf("with pm_type only: %v, %v", err, files)
+	}
+	if err := setPathManagerType("bpf", write(sysctlPathManager)); err == nil {
+		t.Error("unknown path manager accepted")
 	}
 }

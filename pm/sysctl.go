@@ -49,6 +49,34 @@ func pathManagerType(read func(string) ([]byte, error)) (string, error) {
 	}
 }
 
+// SetPathManagerType sets the path manager that new MPTCP connections of
+// the calling thread's network namespace get, "kernel" or "userspace":
+// net.mptcp.path_manager, or on kernels without it net.mptcp.pm_type. It
+// needs CAP_NET_ADMIN in the namespace.
+func SetPathManagerType(name string) error {
+	return setPathManagerType(name, os.WriteFile)
+}
+
+func setPathManagerType(name string, write func(string, []byte, fs.FileMode) error) error {
+	var pmType string
+	switch name {
+	case "kernel":
+		pmType = "0"
+	case "userspace":
+		pmType = "1"
+	default:
+		return fmt.Errorf("pm: set path manager: unknown path manager %q: %w", name, ErrInvalid)
+	}
+	err := write(sysctlPathManager, []byte(name), 0o644)
+	if errors.Is(err, fs.ErrNotExist) {
+		err = write(sysctlPMType, []byte(pmType), 0o644)
+	}
+	if err != nil {
+		return fmt.Errorf("pm: set path manager %s: %w", name, err)
+	}
+	return nil
+}
+
 // MPTCPEnabled reports whether new sockets of the calling thread's network
 // namespace may use MPTCP (net.mptcp.enabled). A kernel without MPTCP gives
 // an error wrapping fs.ErrNotExist.

@@ -2,7 +2,6 @@ package service
 
 import (
 	"fmt"
-	"io/fs"
 	"net/netip"
 	"slices"
 	"strings"
@@ -750,28 +749,5 @@ func TestReload(t *testing.T) {
 	}
 	if got := h.endpoints(); len(got) != 0 {
 		t.Errorf("endpoints after reload to none: %v", got)
-	}
-}
-
-func TestSetPathManagerSysctl(t *testing.T) {
-	files := map[string]string{}
-	write := func(exists ...string) func(string, []byte, fs.FileMode) error {
-		return func(name string, b []byte, _ fs.FileMode) error {
-			if !slices.Contains(exists, name) {
-				return &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
-			}
-			files[name] = string(b)
-			return nil
-		}
-	}
-	if err := setPathManager("userspace", write(sysctlPathManager, sysctlPMType)); err != nil || files[sysctlPathManager] != "userspace" {
-		t.Errorf("with path_manager: %v, %v", err, files)
-	}
-	clear(files)
-	if err := setPathManager("kernel", write(sysctlPMType)); err != nil || files[sysctlPMType] != "0" {
-		t.Errorf("with pm_type only: %v, %v", err, files)
-	}
-	if err := setPathManager("bpf", write(sysctlPathManager)); err == nil {
-		t.Error("unknown path manager accepted")
 	}
 }

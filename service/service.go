@@ -42,7 +42,7 @@ type Deps struct {
 	// "userspace"; nil = pm.PathManagerType.
 	PathManager func() (string, error)
 	// SetPathManager sets the namespace's path manager, with
-	// Config.SetPathManager; nil = SetPathManagerSysctl.
+	// Config.SetPathManager; nil = pm.SetPathManagerType.
 	SetPathManager func(string) error
 	Version        string // the daemon's version (Manager.Version)
 }
@@ -121,7 +121,7 @@ func New(cfg Config, d Deps) *Service {
 		s.pol, _ = policy.New(PolicyNone) // Run reports the bad name
 	}
 	if s.setPM == nil {
-		s.setPM = SetPathManagerSysctl
+		s.setPM = pm.SetPathManagerType
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
