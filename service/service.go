@@ -159,6 +159,7 @@ func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-c
 		return err
 	}
 	s.live = true
+	errClosed := errors.New("service: the kernel event channel was closed")
 	for {
 		s.flush() // what the last event, change or timer published
 		// Kernel events first: a client calling in a loop must not delay
@@ -168,7 +169,7 @@ func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-c
 			return nil
 		case ev, ok := <-events:
 			if !ok {
-				return errors.New("service: the kernel event channel was closed")
+				return errClosed
 			}
 			s.handleEvent(ev)
 			continue
@@ -179,7 +180,7 @@ func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-c
 			return nil
 		case ev, ok := <-events:
 			if !ok {
-				return errors.New("service: the kernel event channel was closed")
+				return errClosed
 			}
 			s.handleEvent(ev)
 		case ev, ok := <-netEvents:

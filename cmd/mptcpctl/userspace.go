@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net/netip"
 
 	"github.com/godbus/dbus/v5"
 )
@@ -49,36 +50,46 @@ func cmdSubflowAdd(x *cmdCtx, args []string) error {
 	return callError(c.callConn(path, "CreateSubflow", local.String(), remote.String(), rport, opts).Err)
 }
 
+// subflowArgs are the arguments that name one subflow: CONN LOCAL[:PORT]
+// REMOTE:PORT.
+type subflowArgs struct {
+	c      *client
+	path   dbus.ObjectPath
+	local  netip.Addr
+	lport  uint16
+	remote netip.Addr
+	rport  uint16
+}
+
+// parseSubflow parses pos[0:3] as a subflow's connection and ends; with
+// bareLocal the local port may be left out.
+func (x *cmdCtx) parseSubflow(pos []string, bareLocal bool) (subflowArgs, error) {
+	var a subflowArgs
+	var err error
+	if a.local, a.lport, err = parseAddrPort(pos[1], bareLocal); err != nil {
+		return a, err
+	}
+	if a.remote, a.rport, err = parseAddrPort(pos[2], false); err != nil {
+		return a, err
+	}
+	a.c, a.path, err = x.connArg(pos[0])
+	return a, err
+}
+
 func cmdSubflowDel(x *cmdCtx, args []string) error {
 	pos, err := x.parse("subflow del", nil, args, 3)
 	if err != nil {
 		return err
 	}
-	local, lport, err := parseAddrPort(pos[1], false)
+	a, err := x.parseSubflow(pos, false)
 	if err != nil {
 		return err
 	}
-	remote, rport, err := parseAddrPort(pos[2], false)
-	if err != nil {
-		return err
-	}
-	c, path, err := x.connArg(pos[0])
-	if err != nil {
-		return err
-	}
-	return callError(c.callConn(path, "RemoveSubflow", local.String(), lport, remote.String(), rport).Err)
+	return callError(a.c.callConn(a.path, "RemoveSubflow", a.local.String(), a.lport, a.remote.String(), a.rport).Err)
 }
 
 func cmdSubflowBackup(x *cmdCtx, args []string) error {
 	pos, err := x.parse("subflow backup", nil, args, 4)
-	if err != nil {
-		return err
-	}
-	local, lport, err := parseAddrPort(pos[1], true)
-	if err != nil {
-		return err
-	}
-	remote, rport, err := parseAddrPort(pos[2], false)
 	if err != nil {
 		return err
 	}
@@ -90,11 +101,11 @@ func cmdSubflowBackup(x *cmdCtx, args []string) error {
 	default:
 		return usageErrorf("subflow backup takes on or off, not %q", pos[3])
 	}
-	c, path, err := x.connArg(pos[0])
+	a, err := x.parseSubflow(pos, true)
 	if err != nil {
 		return err
 	}
-	return callError(c.callConn(path, "SetSubflowBackup", local.String(), lport, remote.String(), rport, on).Err)
+	return callError(a.c.callConn(a.path, "SetSubflowBackup", a.local.String(), a.lport, a.remote.String(), a.rport, on).Err)
 }
 
 func cmdAnnounce(x *cmdCtx, args []string) error {
