@@ -1,17 +1,17 @@
-// Package pm is a client for the Linux kernel's Multipath TCP path manager,
-// the "mptcp_pm" generic-netlink family.
+// Package pm is the vocabulary of the Linux kernel's Multipath TCP path
+// manager, shared by every part of the daemon: addresses and their flags,
+// limits, connection and subflow events, the kernel's refusals and the
+// sentinel errors they match, and the MPTCP sysctls.
 //
-// A Client issues commands over one netlink socket: the in-kernel path
-// manager's endpoints and limits, and the userspace path manager's
-// per-connection commands (announce, remove, subflow create and destroy,
-// backup flag). An EventListener joins the "mptcp_pm_events" multicast group
-// on a second socket and decodes the kernel's connection, subflow, address and
-// listener events into Event values.
+// It depends on the standard library only. The netlink client that speaks
+// these types to the kernel is package pm/pmnl; package service and package
+// policy use pm without linking any netlink code.
 //
-// Addresses are net/netip values; ports are in host byte order everywhere in
-// this package, whatever order the kernel uses on the wire.
+// Addresses are net/netip values; ports are in host byte order everywhere,
+// whatever order the kernel uses on the wire. CanonicalAddr gives an
+// address the one form the daemon compares and keys addresses by.
 //
-// Errors returned by the kernel are *Error values that carry the kernel's
-// extended-acknowledgement message and match the sentinel errors of this
+// A refusal by the kernel is an *Error that carries the kernel's
+// extended-acknowledgement message and matches the sentinel errors of this
 // package (ErrNotFound, ErrPermission, ...) with errors.Is.
 package pm

@@ -6,13 +6,6 @@ import (
 	"strings"
 )
 
-// Family and multicast group names of the kernel's path-manager interface.
-const (
-	FamilyName  = "mptcp_pm"
-	GroupEvents = "mptcp_pm_events"
-	GroupCmds   = "mptcp_pm_cmds"
-)
-
 // Flags are the flags of an endpoint or announced address
 // (MPTCP_PM_ADDR_FLAG_*).
 type Flags uint32
@@ -139,6 +132,17 @@ func (t EventType) String() string {
 	return fmt.Sprintf("event(%d)", uint8(t))
 }
 
+// Known reports whether t is one of the event types this package names.
+func (t EventType) Known() bool {
+	switch t {
+	case EventCreated, EventEstablished, EventClosed, EventAnnounced, EventRemoved,
+		EventSubEstablished, EventSubClosed, EventSubPriority,
+		EventListenerCreated, EventListenerClosed:
+		return true
+	}
+	return false
+}
+
 // EventFlags are the connection flags carried by MPTCP_ATTR_FLAGS.
 type EventFlags uint16
 
@@ -169,4 +173,14 @@ type Event struct {
 	Ifindex     int32 // 0 when the subflow is not bound to a device
 	ResetReason uint32
 	ResetFlags  uint32
+}
+
+// CanonicalAddr returns the form of an address that the daemon compares,
+// keys ids by and hands to the kernel: an IPv4-mapped IPv6 address (as a
+// dual-stack socket reports an IPv4 peer) as IPv4, and no zone.
+func CanonicalAddr(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
+
+// CanonicalAddrPort is CanonicalAddr for an address and port.
+func CanonicalAddrPort(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(CanonicalAddr(ap.Addr()), ap.Port())
 }

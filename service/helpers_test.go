@@ -15,11 +15,12 @@ import (
 	"time"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
 )
 
 var (
-	_ Kernel = (*pm.Client)(nil)
+	_ Kernel = (*pmnl.Client)(nil)
 	_ Kernel = (*pmtest.FakeKernel)(nil)
 )
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
 )
 
@@ -44,13 +45,13 @@ func (c chanPublisher) waitFor(t *testing.T, what string, ok func(Notification) 
 // namespace. It stops when the test ends.
 func runIn(t *testing.T, h *pmtest.Host) (*Service, chanPublisher) {
 	t.Helper()
-	cfg := &pm.Config{NetNS: h.NSFD()}
-	k, err := pm.Dial(cfg)
+	cfg := &pmnl.Config{NetNS: h.NSFD()}
+	k, err := pmnl.Dial(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { k.Close() })
-	l, err := pm.ListenEvents(cfg)
+	l, err := pmnl.ListenEvents(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +82,7 @@ func runIn(t *testing.T, h *pmtest.Host) (*Service, chanPublisher) {
 				}
 			}
 			switch {
-			case errors.Is(err, pm.ErrOverflow):
+			case errors.Is(err, pmnl.ErrOverflow):
 				s.Overflow()
 			case err != nil:
 				return

@@ -14,7 +14,7 @@ import (
 	"github.com/mptcp-pmd/mptcp-pmd/policy"
 )
 
-// Kernel is the part of *pm.Client the service uses; pmtest.FakeKernel
+// Kernel is the part of *pmnl.Client the service uses; pmtest.FakeKernel
 // implements it too.
 type Kernel interface {
 	AddEndpoint(e pm.Address) (uint8, error)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
 )
 
@@ -44,7 +45,7 @@ func mustCtlE2E(t *testing.T, s *setup, args ...string) string {
 func TestMptcpctlKernelState(t *testing.T) {
 	s := newSetup(t, pmtest.LabOptions{})
 	cli := s.lab.Client
-	k, err := pm.Dial(&pm.Config{NetNS: cli.NSFD()})
+	k, err := pmnl.Dial(&pmnl.Config{NetNS: cli.NSFD()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +174,7 @@ func TestMptcpctlKernelState(t *testing.T) {
 func TestMptcpctlAnnounce(t *testing.T) {
 	s := newSetup(t, pmtest.LabOptions{ClientPM: "userspace"})
 	d := startDaemon(t, s.lab.Client, s.bus)
-	k, err := pm.Dial(&pm.Config{NetNS: s.lab.Client.NSFD()})
+	k, err := pmnl.Dial(&pmnl.Config{NetNS: s.lab.Client.NSFD()})
 	if err != nil {
 		t.Fatal(err)
 	}

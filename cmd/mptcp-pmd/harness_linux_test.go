@@ -40,6 +40,7 @@ import (
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi"
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
 )
 
@@ -577,7 +578,7 @@ type kernelLog struct {
 // ends.
 func listenKernel(tb testing.TB, h *pmtest.Host) *kernelLog {
 	tb.Helper()
-	l, err := pm.ListenEvents(&pm.Config{NetNS: h.NSFD()})
+	l, err := pmnl.ListenEvents(&pmnl.Config{NetNS: h.NSFD()})
 	if err != nil {
 		tb.Fatalf("listen to the kernel's events in %s: %v", h.Name, err)
 	}
@@ -601,12 +602,12 @@ func listenKernel(tb testing.TB, h *pmtest.Host) *kernelLog {
 				close(k.changed)
 				k.changed = make(chan struct{})
 			}
-			if errors.Is(err, pm.ErrOverflow) {
+			if errors.Is(err, pmnl.ErrOverflow) {
 				k.lost = true
 			}
 			k.mu.Unlock()
 			switch {
-			case err == nil, errors.Is(err, pm.ErrInvalid), errors.Is(err, pm.ErrOverflow):
+			case err == nil, errors.Is(err, pm.ErrInvalid), errors.Is(err, pmnl.ErrOverflow):
 			default: // closed, or the socket failed
 				return
 			}

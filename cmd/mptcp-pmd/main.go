@@ -24,6 +24,7 @@ import (
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi"
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/netmon"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/policy"
 	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
@@ -142,12 +143,12 @@ func run(args []string, stderr io.Writer) error {
 	} else if !on {
 		return errors.New("MPTCP is disabled in this network namespace: set net.mptcp.enabled=1")
 	}
-	client, err := pm.Dial(nil)
+	client, err := pmnl.Dial(nil)
 	if err != nil {
 		return err
 	}
 	defer client.Close()
-	events, err := pm.ListenEvents(nil)
+	events, err := pmnl.ListenEvents(nil)
 	if errors.Is(err, pm.ErrPermission) {
 		return fmt.Errorf("%w: the daemon needs CAP_NET_ADMIN to follow MPTCP events", err)
 	}
@@ -246,7 +247,7 @@ type publisher struct{ service.Publisher }
 
 // readEvents hands the kernel's events to the service, in order, until the
 // listener is closed. Lost events (a full socket) make the service resync.
-func readEvents(l *pm.EventListener, out chan<- pm.Event, svc *service.Service, log *slog.Logger) {
+func readEvents(l *pmnl.EventListener, out chan<- pm.Event, svc *service.Service, log *slog.Logger) {
 	defer close(out)
 	buf := make([]pm.Event, 0, 64)
 	for {
@@ -256,7 +257,7 @@ func readEvents(l *pm.EventListener, out chan<- pm.Event, svc *service.Service, 
 		}
 		switch {
 		case err == nil:
-		case errors.Is(err, pm.ErrOverflow):
+		case errors.Is(err, pmnl.ErrOverflow):
 			log.Warn("kernel events were lost (event socket overflow)")
 			svc.Overflow()
 		case errors.Is(err, pm.ErrInvalid):

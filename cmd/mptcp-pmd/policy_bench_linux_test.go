@@ -9,6 +9,7 @@ import (
 
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
 )
 
@@ -36,7 +37,7 @@ func BenchmarkPolicyLatency(b *testing.B) {
 	kev := listenKernel(b, cli)
 	server := srv.Serve(b, netip.AddrPortFrom(srv.Addrs4[0], 0))
 
-	k, err := pm.Dial(&pm.Config{NetNS: cli.NSFD()})
+	k, err := pmnl.Dial(&pmnl.Config{NetNS: cli.NSFD()})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/netmon"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
 )
 
@@ -278,7 +279,7 @@ func TestPolicySubflowPerInterfaceServer(t *testing.T) {
 
 // endpointTable returns the kernel's endpoints in h as "addr [flags]",
 // sorted.
-func endpointTable(t *testing.T, k *pm.Client) []string {
+func endpointTable(t *testing.T, k *pmnl.Client) []string {
 	t.Helper()
 	eps, err := k.Endpoints()
 	if err != nil {
@@ -300,7 +301,7 @@ func endpointTable(t *testing.T, k *pm.Client) []string {
 func TestPolicyEndpoints(t *testing.T) {
 	s := newSetup(t, pmtest.LabOptions{Paths: 3})
 	cli, srv := s.lab.Client, s.lab.Server
-	k, err := pm.Dial(&pm.Config{NetNS: cli.NSFD()})
+	k, err := pmnl.Dial(&pmnl.Config{NetNS: cli.NSFD()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ const (
 	maxLimit     = 8
 )
 
-// FakeKernel is an in-memory path manager with the method set of *pm.Client,
+// FakeKernel is an in-memory path manager with the method set of *pmnl.Client,
 // for unit tests. It answers like the Linux 6.18 kernel (kernel-notes.md):
 // the endpoint table with the kernel's id choice and refusals, the limits
 // (2 subflows and 0 accepted ADD_ADDRs at first), and userspace-PM

@@ -1,6 +1,6 @@
 //go:build linux
 
-package pm_test
+package pmnl_test
 
 import (
 	"context"
@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
 )
 
@@ -39,7 +40,7 @@ type recorder struct {
 // until the test ends.
 func record(t *testing.T, h *pmtest.Host) *recorder {
 	t.Helper()
-	l, err := pm.ListenEvents(&pm.Config{NetNS: h.NSFD()})
+	l, err := pmnl.ListenEvents(&pmnl.Config{NetNS: h.NSFD()})
 	if err != nil {
 		t.Fatalf("ListenEvents in %s: %v", h.Name, err)
 	}
@@ -373,9 +374,9 @@ func churnListeners(h *pmtest.Host, n int) error {
 	})
 }
 
-func listen(t testing.TB, h *pmtest.Host) *pm.EventListener {
+func listen(t testing.TB, h *pmtest.Host) *pmnl.EventListener {
 	t.Helper()
-	l, err := pm.ListenEvents(&pm.Config{NetNS: h.NSFD()})
+	l, err := pmnl.ListenEvents(&pmnl.Config{NetNS: h.NSFD()})
 	if err != nil {
 		t.Fatalf("ListenEvents: %v", err)
 	}
@@ -396,7 +397,7 @@ func TestEventsOverflow(t *testing.T) {
 		t.Fatal(err)
 	}
 	evs, err := l.Receive(nil)
-	if !errors.Is(err, pm.ErrOverflow) {
+	if !errors.Is(err, pmnl.ErrOverflow) {
 		t.Fatalf("Receive after 60000 unread events: %d events, error %v; want ErrOverflow", len(evs), err)
 	}
 	evs, err = l.Receive(evs)
@@ -457,7 +458,7 @@ func TestEventListenerDeadlineAndClose(t *testing.T) {
 }
 
 // TestListenEventsNeedsCapability drops CAP_NET_ADMIN on one locked thread
-// (capabilities are per thread) and checks the refusal is ErrPermission.
+// (capabilities are per thread) and checks the refusal is pm.ErrPermission.
 func TestListenEventsNeedsCapability(t *testing.T) {
 	h := pmtest.NewNamespace(t)
 	errc := make(chan error, 1)
@@ -475,7 +476,7 @@ func TestListenEventsNeedsCapability(t *testing.T) {
 			errc <- fmt.Errorf("capset: %w", err)
 			return
 		}
-		l, err := pm.ListenEvents(&pm.Config{NetNS: h.NSFD()})
+		l, err := pmnl.ListenEvents(&pmnl.Config{NetNS: h.NSFD()})
 		if err == nil {
 			l.Close()
 			err = errors.New("ListenEvents succeeded without CAP_NET_ADMIN")
@@ -539,12 +540,12 @@ func BenchmarkReceiveGenetlink(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { c.Close() })
-	f, err := c.GetFamily(pm.FamilyName)
+	f, err := c.GetFamily(pmnl.FamilyName)
 	if err != nil {
 		b.Fatal(err)
 	}
 	for _, g := range f.Groups {
-		if g.Name == pm.GroupEvents {
+		if g.Name == pmnl.GroupEvents {
 			if err := c.JoinGroup(g.ID); err != nil {
 				b.Fatal(err)
 			}
@@ -557,7 +558,7 @@ func BenchmarkReceiveGenetlink(b *testing.B) {
 		msgs, _, err := c.Receive()
 		n := 0
 		for _, m := range msgs {
-			if _, err := pm.DecodeEvent(m.Header.Command, m.Data); err == nil {
+			if _, err := pmnl.DecodeEvent(m.Header.Command, m.Data); err == nil {
 				n++
 			}
 		}

@@ -1,14 +1,13 @@
-package pm
+package pmnl
 
 import (
 	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"io"
-	"io/fs"
 	"net/netip"
-	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -158,7 +157,7 @@ func TestCommandRequests(t *testing.T) {
 		{
 			name: "add endpoint with id",
 			call: func(c *Client) error {
-				id, err := c.AddEndpoint(Address{ID: 5, Addr: netip.MustParseAddr("10.0.0.1"), Port: 8080, Flags: FlagSignal | FlagBackup, Ifindex: 3})
+				id, err := c.AddEndpoint(pm.Address{ID: 5, Addr: netip.MustParseAddr("10.0.0.1"), Port: 8080, Flags: pm.FlagSignal | pm.FlagBackup, Ifindex: 3})
 				if err == nil && id != 5 {
 					return fmt.Errorf("id %d, want 5", id)
 				}
@@ -170,7 +169,7 @@ func TestCommandRequests(t *testing.T) {
 		{
 			name: "add endpoint flags zero are sent",
 			call: func(c *Client) error {
-				_, err := c.AddEndpoint(Address{ID: 200, Addr: netip.MustParseAddr("2001:db8::1")})
+				_, err := c.AddEndpoint(pm.Address{ID: 200, Addr: netip.MustParseAddr("2001:db8::1")})
 				return err
 			},
 			cmd: 1, flags: reqAck,
@@ -208,7 +207,7 @@ func TestCommandRequests(t *testing.T) {
 		},
 		{
 			name:  "set limits",
-			call:  func(c *Client) error { return c.SetLimits(Limits{Subflows: 4, AddAddrAccepted: 2}) },
+			call:  func(c *Client) error { return c.SetLimits(pm.Limits{Subflows: 4, AddAddrAccepted: 2}) },
 			cmd:   5,
 			flags: reqAck,
 			attrs: cat(nla(2, u32(2)), nla(3, u32(4))),
@@ -223,7 +222,7 @@ func TestCommandRequests(t *testing.T) {
 		},
 		{
 			name:  "set endpoint flags",
-			call:  func(c *Client) error { return c.SetEndpointFlags(7, FlagBackup|FlagFullmesh) },
+			call:  func(c *Client) error { return c.SetEndpointFlags(7, pm.FlagBackup|pm.FlagFullmesh) },
 			cmd:   7,
 			flags: reqAck,
 			attrs: nest(1, nla(2, u8(7)), nla(6, u32(12))),
@@ -238,7 +237,7 @@ func TestCommandRequests(t *testing.T) {
 		{
 			name: "announce sets signal",
 			call: func(c *Client) error {
-				return c.Announce(tok, Address{ID: 3, Addr: netip.MustParseAddr("10.0.0.2")})
+				return c.Announce(tok, pm.Address{ID: 3, Addr: netip.MustParseAddr("10.0.0.2")})
 			},
 			cmd: 8, flags: reqAck,
 			attrs: cat(tokAttr, nest(1, fam4, addr4("10.0.0.2"), nla(2, u8(3)), nla(6, u32(1)))),
@@ -246,7 +245,7 @@ func TestCommandRequests(t *testing.T) {
 		{
 			name: "announce unmaps, port and interface",
 			call: func(c *Client) error {
-				return c.Announce(tok, Address{ID: 4, Addr: netip.MustParseAddr("::ffff:10.0.0.3"), Port: 443, Flags: FlagBackup, Ifindex: 9})
+				return c.Announce(tok, pm.Address{ID: 4, Addr: netip.MustParseAddr("::ffff:10.0.0.3"), Port: 443, Flags: pm.FlagBackup, Ifindex: 9})
 			},
 			cmd: 8, flags: reqAck,
 			attrs: cat(tokAttr, nest(1, fam4, addr4("10.0.0.3"), nla(2, u8(4)), nla(5, u16(443)), nla(6, u32(5)), nla(7, s32(9)))),
@@ -267,7 +266,7 @@ func TestCommandRequests(t *testing.T) {
 		{
 			name: "create subflow",
 			call: func(c *Client) error {
-				return c.CreateSubflow(tok, Address{ID: 4, Addr: netip.MustParseAddr("10.0.1.1"), Flags: FlagBackup, Ifindex: 2},
+				return c.CreateSubflow(tok, pm.Address{ID: 4, Addr: netip.MustParseAddr("10.0.1.1"), Flags: pm.FlagBackup, Ifindex: 2},
 					netip.MustParseAddrPort("[::ffff:10.0.0.2]:80"))
 			},
 			cmd: 10, flags: reqAck,
@@ -278,7 +277,7 @@ func TestCommandRequests(t *testing.T) {
 		{
 			name: "create subflow v6 without id",
 			call: func(c *Client) error {
-				return c.CreateSubflow(tok, Address{Addr: netip.MustParseAddr("fd00::1")}, netip.MustParseAddrPort("[fd00::2]:5000"))
+				return c.CreateSubflow(tok, pm.Address{Addr: netip.MustParseAddr("fd00::1")}, netip.MustParseAddrPort("[fd00::2]:5000"))
 			},
 			cmd: 10, flags: reqAck,
 			attrs: cat(tokAttr, nest(1, fam6, addr6("fd00::1")), nest(6, fam6, addr6("fd00::2"), nla(5, u16(5000)))),
@@ -294,7 +293,7 @@ func TestCommandRequests(t *testing.T) {
 		{
 			name: "set subflow flags",
 			call: func(c *Client) error {
-				return c.SetSubflowFlags(tok, netip.MustParseAddrPort("10.0.1.1:0"), netip.MustParseAddrPort("10.0.0.2:80"), FlagBackup)
+				return c.SetSubflowFlags(tok, netip.MustParseAddrPort("10.0.1.1:0"), netip.MustParseAddrPort("10.0.0.2:80"), pm.FlagBackup)
 			},
 			cmd: 7, flags: reqAck,
 			attrs: cat(tokAttr, nest(1, fam4, addr4("10.0.1.1"), nla(6, u32(4))), nest(6, fam4, addr4("10.0.0.2"), nla(5, u16(80)))),
@@ -414,7 +413,7 @@ func TestGetEndpointDecodes(t *testing.T) {
 		return []genetlink.Message{msg(
 			nla(99, u32(1)), // unknown command attribute
 			nest(1, fam6, addr6("2001:db8::7"), nla(2, u8(7)), nla(5, u16(8443)),
-				nla(6, u32(uint32(FlagSignal|FlagBackup))), nla(7, s32(4)), nla(42, []byte("later"))),
+				nla(6, u32(uint32(pm.FlagSignal|pm.FlagBackup))), nla(7, s32(4)), nla(42, []byte("later"))),
 		)}, nil
 	}}
 	c := newTestClient(t, k)
@@ -422,7 +421,7 @@ func TestGetEndpointDecodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Address{ID: 7, Addr: netip.MustParseAddr("2001:db8::7"), Port: 8443, Flags: FlagSignal | FlagBackup, Ifindex: 4}
+	want := pm.Address{ID: 7, Addr: netip.MustParseAddr("2001:db8::7"), Port: 8443, Flags: pm.FlagSignal | pm.FlagBackup, Ifindex: 4}
 	if got != want {
 		t.Errorf("got %+v, want %+v", got, want)
 	}
@@ -440,9 +439,9 @@ func TestEndpointsDecodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Address{
-		{ID: 1, Addr: netip.MustParseAddr("10.0.0.1"), Flags: FlagSubflow},
-		{ID: 2, Addr: netip.MustParseAddr("fd00::1"), Flags: FlagFullmesh, Ifindex: 5},
+	want := []pm.Address{
+		{ID: 1, Addr: netip.MustParseAddr("10.0.0.1"), Flags: pm.FlagSubflow},
+		{ID: 2, Addr: netip.MustParseAddr("fd00::1"), Flags: pm.FlagFullmesh, Ifindex: 5},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %d endpoints %+v, want %+v", len(got), got, want)
@@ -471,7 +470,7 @@ func TestLimitsDecodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Limits{Subflows: 5, AddAddrAccepted: 3}); got != want {
+	if want := (pm.Limits{Subflows: 5, AddAddrAccepted: 3}); got != want {
 		t.Errorf("got %+v, want %+v", got, want)
 	}
 }
@@ -479,14 +478,14 @@ func TestLimitsDecodes(t *testing.T) {
 func TestAddEndpointFindsKernelID(t *testing.T) {
 	tests := []struct {
 		name    string
-		add     Address
+		add     pm.Address
 		dump    [][]byte
 		wantID  uint8
 		wantErr error
 	}{
 		{
 			name: "by address",
-			add:  Address{Addr: netip.MustParseAddr("::ffff:10.0.0.2"), Flags: FlagSubflow},
+			add:  pm.Address{Addr: netip.MustParseAddr("::ffff:10.0.0.2"), Flags: pm.FlagSubflow},
 			dump: [][]byte{
 				nest(1, fam4, addr4("10.0.0.1"), nla(2, u8(1))),
 				nest(1, fam4, addr4("10.0.0.2"), nla(2, u8(9))),
@@ -495,7 +494,7 @@ func TestAddEndpointFindsKernelID(t *testing.T) {
 		},
 		{
 			name: "by address and port",
-			add:  Address{Addr: netip.MustParseAddr("10.0.0.2"), Port: 8080, Flags: FlagSignal},
+			add:  pm.Address{Addr: netip.MustParseAddr("10.0.0.2"), Port: 8080, Flags: pm.FlagSignal},
 			dump: [][]byte{
 				nest(1, fam4, addr4("10.0.0.2"), nla(2, u8(3)), nla(5, u16(80))),
 				nest(1, fam4, addr4("10.0.0.2"), nla(2, u8(4)), nla(5, u16(8080))),
@@ -504,7 +503,7 @@ func TestAddEndpointFindsKernelID(t *testing.T) {
 		},
 		{
 			name: "port dropped by the kernel",
-			add:  Address{Addr: netip.MustParseAddr("fd00::9"), Port: 8080, Flags: FlagSubflow},
+			add:  pm.Address{Addr: netip.MustParseAddr("fd00::9"), Port: 8080, Flags: pm.FlagSubflow},
 			dump: [][]byte{
 				nest(1, fam6, addr6("fd00::9"), nla(2, u8(6))),
 			},
@@ -512,9 +511,9 @@ func TestAddEndpointFindsKernelID(t *testing.T) {
 		},
 		{
 			name:    "gone before the dump",
-			add:     Address{Addr: netip.MustParseAddr("10.0.0.5")},
+			add:     pm.Address{Addr: netip.MustParseAddr("10.0.0.5")},
 			dump:    [][]byte{nest(1, fam4, addr4("10.0.0.1"), nla(2, u8(1)))},
-			wantErr: ErrNotFound,
+			wantErr: pm.ErrNotFound,
 		},
 	}
 	for _, tt := range tests {
@@ -567,10 +566,10 @@ func TestMalformedReplies(t *testing.T) {
 				return []genetlink.Message{msg(tt.data)}, nil
 			}}
 			c := newTestClient(t, k)
-			if a, err := c.GetEndpoint(1); !errors.Is(err, ErrInvalid) {
+			if a, err := c.GetEndpoint(1); !errors.Is(err, pm.ErrInvalid) {
 				t.Errorf("GetEndpoint = %+v, %v; want an error wrapping ErrInvalid", a, err)
 			}
-			if as, err := c.Endpoints(); !errors.Is(err, ErrInvalid) {
+			if as, err := c.Endpoints(); !errors.Is(err, pm.ErrInvalid) {
 				t.Errorf("Endpoints = %+v, %v; want an error wrapping ErrInvalid", as, err)
 			}
 		})
@@ -579,27 +578,27 @@ func TestMalformedReplies(t *testing.T) {
 		k := &fakeKernel{reply: func(request) ([]genetlink.Message, error) {
 			return []genetlink.Message{msg(nla(3, u16(1)))}, nil
 		}}
-		if l, err := newTestClient(t, k).Limits(); !errors.Is(err, ErrInvalid) {
+		if l, err := newTestClient(t, k).Limits(); !errors.Is(err, pm.ErrInvalid) {
 			t.Errorf("Limits = %+v, %v; want an error wrapping ErrInvalid", l, err)
 		}
 	})
 }
 
 // FuzzDecodeAddress checks that the decoder never panics and that every
-// error it returns wraps ErrInvalid.
+// error it returns wraps pm.ErrInvalid.
 func FuzzDecodeAddress(f *testing.F) {
 	f.Add(cat(fam4, addr4("10.0.0.1"), nla(2, u8(1)), nla(5, u16(80)), nla(6, u32(3)), nla(7, s32(2))))
 	f.Add(cat(fam6, addr6("fd00::1")))
 	f.Add([]byte{4, 0, 1, 0})
 	f.Add([]byte{5, 0, 3, 0, 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if _, err := decodeAddress(b); err != nil && !errors.Is(err, ErrInvalid) {
+		if _, err := decodeAddress(b); err != nil && !errors.Is(err, pm.ErrInvalid) {
 			t.Errorf("error %v does not wrap ErrInvalid", err)
 		}
-		if _, err := decodeAddressMessage(b); err != nil && !errors.Is(err, ErrInvalid) {
+		if _, err := decodeAddressMessage(b); err != nil && !errors.Is(err, pm.ErrInvalid) {
 			t.Errorf("error %v does not wrap ErrInvalid", err)
 		}
-		if _, err := decodeLimits(b); err != nil && !errors.Is(err, ErrInvalid) {
+		if _, err := decodeLimits(b); err != nil && !errors.Is(err, pm.ErrInvalid) {
 			t.Errorf("error %v does not wrap ErrInvalid", err)
 		}
 	})
@@ -612,23 +611,23 @@ func TestLocalValidationSendsNothing(t *testing.T) {
 		name string
 		call func(c *Client) error
 	}{
-		{"announce id 0", func(c *Client) error { return c.Announce(1, Address{Addr: v4}) }},
-		{"announce without address", func(c *Client) error { return c.Announce(1, Address{ID: 1}) }},
+		{"announce id 0", func(c *Client) error { return c.Announce(1, pm.Address{Addr: v4}) }},
+		{"announce without address", func(c *Client) error { return c.Announce(1, pm.Address{ID: 1}) }},
 		{"add endpoint without address", func(c *Client) error {
-			_, err := c.AddEndpoint(Address{ID: 1})
+			_, err := c.AddEndpoint(pm.Address{ID: 1})
 			return err
 		}},
 		{"create subflow without local", func(c *Client) error {
-			return c.CreateSubflow(1, Address{ID: 1}, netip.AddrPortFrom(v4, 80))
+			return c.CreateSubflow(1, pm.Address{ID: 1}, netip.AddrPortFrom(v4, 80))
 		}},
 		{"create subflow without remote", func(c *Client) error {
-			return c.CreateSubflow(1, Address{Addr: v4}, netip.AddrPort{})
+			return c.CreateSubflow(1, pm.Address{Addr: v4}, netip.AddrPort{})
 		}},
 		{"create subflow v4 to v6", func(c *Client) error {
-			return c.CreateSubflow(1, Address{Addr: v4}, netip.AddrPortFrom(v6, 80))
+			return c.CreateSubflow(1, pm.Address{Addr: v4}, netip.AddrPortFrom(v6, 80))
 		}},
 		{"create subflow v6 to mapped v4", func(c *Client) error {
-			return c.CreateSubflow(1, Address{Addr: v6}, netip.MustParseAddrPort("[::ffff:10.0.0.2]:80"))
+			return c.CreateSubflow(1, pm.Address{Addr: v6}, netip.MustParseAddrPort("[::ffff:10.0.0.2]:80"))
 		}},
 		{"destroy subflow v6 to v4", func(c *Client) error {
 			return c.DestroySubflow(1, netip.AddrPortFrom(v6, 1), netip.AddrPortFrom(v4, 80))
@@ -637,14 +636,14 @@ func TestLocalValidationSendsNothing(t *testing.T) {
 			return c.DestroySubflow(1, netip.AddrPort{}, netip.AddrPortFrom(v4, 80))
 		}},
 		{"set subflow flags v4 to v6", func(c *Client) error {
-			return c.SetSubflowFlags(1, netip.AddrPortFrom(v4, 1), netip.AddrPortFrom(v6, 80), FlagBackup)
+			return c.SetSubflowFlags(1, netip.AddrPortFrom(v4, 1), netip.AddrPortFrom(v6, 80), pm.FlagBackup)
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			k := &fakeKernel{}
 			c := newTestClient(t, k)
-			if err := tt.call(c); !errors.Is(err, ErrInvalid) {
+			if err := tt.call(c); !errors.Is(err, pm.ErrInvalid) {
 				t.Errorf("err = %v, want an error wrapping ErrInvalid", err)
 			}
 			if reqs := k.requests(); len(reqs) != 0 {
@@ -679,29 +678,29 @@ func extackConn(errno syscall.Errno, msg string) *genetlink.Conn {
 }
 
 func TestKernelRefusals(t *testing.T) {
-	sentinels := []error{ErrNotFound, ErrPermission, ErrNotSupported, ErrExists, ErrInvalid, ErrBusy}
+	sentinels := []error{pm.ErrNotFound, pm.ErrPermission, pm.ErrNotSupported, pm.ErrExists, pm.ErrInvalid, pm.ErrBusy}
 	tests := []struct {
 		errno syscall.Errno
 		msg   string
 		want  error // nil: no sentinel
 		text  string
 	}{
-		{syscall.ENOENT, "", ErrNotFound, "remove: no such file or directory"},
-		{syscall.ESRCH, "", ErrNotFound, "remove: no such process"},
-		{syscall.EPERM, "", ErrPermission, "remove: operation not permitted"},
-		{syscall.EACCES, "", ErrPermission, "remove: permission denied"},
-		{syscall.EOPNOTSUPP, "", ErrNotSupported, "remove: operation not supported"},
-		{524, "", ErrNotSupported, "remove: operation not supported"},
-		{syscall.EEXIST, "too many addresses or duplicate one: -17", ErrExists, "remove: too many addresses or duplicate one: -17 (file exists)"},
-		{syscall.EBUSY, "too many addresses or duplicate one: -16", ErrBusy, "remove: too many addresses or duplicate one: -16 (device or resource busy)"},
-		{syscall.EINVAL, "", ErrInvalid, "remove: invalid argument"},
-		{syscall.EINVAL, "invalid addr id", ErrInvalid, "remove: invalid addr id (invalid argument)"},
-		{syscall.EINVAL, "did not match address and id", ErrInvalid, "remove: did not match address and id (invalid argument)"},
-		{syscall.EINVAL, "invalid token", ErrNotFound, "remove: invalid token (invalid argument)"},
-		{syscall.EINVAL, "address not found", ErrNotFound, "remove: address not found (invalid argument)"},
-		{syscall.EINVAL, "address with id 9 not found", ErrNotFound, "remove: address with id 9 not found (invalid argument)"},
-		{syscall.EINVAL, "subflow not found", ErrNotFound, "remove: subflow not found (invalid argument)"},
-		{syscall.EINVAL, "userspace PM not selected", ErrNotSupported, "remove: userspace PM not selected (invalid argument)"},
+		{syscall.ENOENT, "", pm.ErrNotFound, "remove: no such file or directory"},
+		{syscall.ESRCH, "", pm.ErrNotFound, "remove: no such process"},
+		{syscall.EPERM, "", pm.ErrPermission, "remove: operation not permitted"},
+		{syscall.EACCES, "", pm.ErrPermission, "remove: permission denied"},
+		{syscall.EOPNOTSUPP, "", pm.ErrNotSupported, "remove: operation not supported"},
+		{524, "", pm.ErrNotSupported, "remove: operation not supported"},
+		{syscall.EEXIST, "too many addresses or duplicate one: -17", pm.ErrExists, "remove: too many addresses or duplicate one: -17 (file exists)"},
+		{syscall.EBUSY, "too many addresses or duplicate one: -16", pm.ErrBusy, "remove: too many addresses or duplicate one: -16 (device or resource busy)"},
+		{syscall.EINVAL, "", pm.ErrInvalid, "remove: invalid argument"},
+		{syscall.EINVAL, "invalid addr id", pm.ErrInvalid, "remove: invalid addr id (invalid argument)"},
+		{syscall.EINVAL, "did not match address and id", pm.ErrInvalid, "remove: did not match address and id (invalid argument)"},
+		{syscall.EINVAL, "invalid token", pm.ErrNotFound, "remove: invalid token (invalid argument)"},
+		{syscall.EINVAL, "address not found", pm.ErrNotFound, "remove: address not found (invalid argument)"},
+		{syscall.EINVAL, "address with id 9 not found", pm.ErrNotFound, "remove: address with id 9 not found (invalid argument)"},
+		{syscall.EINVAL, "subflow not found", pm.ErrNotFound, "remove: subflow not found (invalid argument)"},
+		{syscall.EINVAL, "userspace PM not selected", pm.ErrNotSupported, "remove: userspace PM not selected (invalid argument)"},
 		{syscall.ENOTCONN, "connect error: -107", nil, "remove: connect error: -107 (transport endpoint is not connected)"},
 	}
 	for _, tt := range tests {
@@ -710,7 +709,7 @@ func TestKernelRefusals(t *testing.T) {
 			c.conn.Close()
 			c.conn = extackConn(tt.errno, tt.msg)
 			err := c.Remove(1, 2)
-			var pe *Error
+			var pe *pm.Error
 			if !errors.As(err, &pe) {
 				t.Fatalf("err = %v (%T), want a *pm.Error", err, err)
 			}
@@ -741,11 +740,11 @@ func TestErrnoWithoutExtack(t *testing.T) {
 	}}
 	c := newTestClient(t, k)
 	err := c.FlushEndpoints()
-	var pe *Error
+	var pe *pm.Error
 	if !errors.As(err, &pe) || pe.Op != "flush endpoints" || pe.Errno != syscall.EPERM || pe.Message != "" {
 		t.Fatalf("err = %#v, want a *pm.Error for EPERM", err)
 	}
-	if !errors.Is(err, ErrPermission) {
+	if !errors.Is(err, pm.ErrPermission) {
 		t.Errorf("errors.Is(err, ErrPermission) = false for %v", err)
 	}
 }
@@ -754,8 +753,8 @@ func TestTransportErrorIsNotAKernelError(t *testing.T) {
 	boom := errors.New("boom")
 	k := &fakeKernel{reply: func(request) ([]genetlink.Message, error) { return nil, boom }}
 	c := newTestClient(t, k)
-	err := c.SetLimits(Limits{})
-	var pe *Error
+	err := c.SetLimits(pm.Limits{})
+	var pe *pm.Error
 	if errors.As(err, &pe) {
 		t.Errorf("err = %v is a *pm.Error, want a plain wrapped error", err)
 	}
@@ -790,98 +789,4 @@ func TestConcurrentCommands(t *testing.T) {
 		})
 	}
 	wg.Wait()
-}
-
-func TestFlagsRoundTrip(t *testing.T) {
-	for f := Flags(0); f < 1<<7; f++ {
-		got, err := ParseFlags(f.Names())
-		if f&^(1<<6-1) != 0 {
-			// Unknown bits are named 0x.. and cannot be parsed back.
-			if !errors.Is(err, ErrInvalid) {
-				t.Errorf("ParseFlags(%v) = %v, %v; want ErrInvalid", f.Names(), got, err)
-			}
-			continue
-		}
-		if err != nil || got != f {
-			t.Errorf("ParseFlags(%v) = %v, %v; want %v", f.Names(), got, err, f)
-		}
-	}
-	if s := (FlagSignal | FlagBackup).String(); s != "signal,backup" {
-		t.Errorf("String = %q", s)
-	}
-	if s := Flags(0x100 | 1).String(); s != "signal,0x100" {
-		t.Errorf("String = %q", s)
-	}
-	if _, err := ParseFlags([]string{"signal", "bogus"}); !errors.Is(err, ErrInvalid) {
-		t.Errorf("ParseFlags(bogus) err = %v, want ErrInvalid", err)
-	}
-}
-
-func TestPathManagerTypeParsing(t *testing.T) {
-	notExist := fmt.Errorf("open: %w", fs.ErrNotExist)
-	tests := []struct {
-		name    string
-		files   map[string]string // missing: ErrNotExist
-		want    string
-		wantErr error
-	}{
-		{"path_manager kernel", map[string]string{sysctlPathManager: "kernel\n", sysctlPMType: "1\n"}, "kernel", nil},
-		{"path_manager userspace", map[string]string{sysctlPathManager: "userspace\n"}, "userspace", nil},
-		{"other path manager", map[string]string{sysctlPathManager: "bpf_thing\n"}, "bpf_thing", nil},
-		{"pm_type 0", map[string]string{sysctlPMType: "0\n"}, "kernel", nil},
-		{"pm_type 1", map[string]string{sysctlPMType: "1\n"}, "userspace", nil},
-		{"pm_type garbage", map[string]string{sysctlPMType: "7\n"}, "", ErrInvalid},
-		{"empty path_manager", map[string]string{sysctlPathManager: "\n"}, "", ErrInvalid},
-		{"no mptcp", map[string]string{}, "", fs.ErrNotExist},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			read := func(name string) ([]byte, error) {
-				if s, ok := tt.files[name]; ok {
-					return []byte(s), nil
-				}
-				return nil, notExist
-			}
-			got, err := pathManagerType(read)
-			if got != tt.want || (tt.wantErr == nil) != (err == nil) || (tt.wantErr != nil && !errors.Is(err, tt.wantErr)) {
-				t.Errorf("got %q, %v; want %q, %v", got, err, tt.want, tt.wantErr)
-			}
-		})
-	}
-	for _, tt := range []struct {
-		content string
-		want    bool
-		wantErr bool
-	}{{"1\n", true, false}, {"0\n", false, false}, {"2\n", false, true}} {
-		got, err := mptcpEnabled(func(string) ([]byte, error) { return []byte(tt.content), nil })
-		if got != tt.want || (err != nil) != tt.wantErr {
-			t.Errorf("mptcpEnabled(%q) = %v, %v", tt.content, got, err)
-		}
-	}
-	if _, err := mptcpEnabled(func(string) ([]byte, error) { return nil, notExist }); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("mptcpEnabled without the file: err = %v, want fs.ErrNotExist", err)
-	}
-}
-
-func TestSetPathManagerType(t *testing.T) {
-	files := map[string]string{}
-	write := func(exists ...string) func(string, []byte, fs.FileMode) error {
-		return func(name string, b []byte, _ fs.FileMode) error {
-			if !slices.Contains(exists, name) {
-				return &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
-			}
-			files[name] = string(b)
-			return nil
-		}
-	}
-	if err := setPathManagerType("userspace", write(sysctlPathManager, sysctlPMType)); err != nil || files[sysctlPathManager] != "userspace" {
-		t.Errorf("with path_manager: %v, %v", err, files)
-	}
-	clear(files)
-	if err := setPathManagerType("kernel", write(sysctlPMType)); err != nil || files[sysctlPMType] != "0" {
-		t.Errorf("with pm_type only: %v, %v", err, files)
-	}
-	if err := setPathManagerType("bpf", write(sysctlPathManager)); err == nil {
-		t.Error("unknown path manager accepted")
-	}
 }

@@ -1,4 +1,4 @@
-package pm_test
+package pmnl_test
 
 import (
 	"encoding/hex"
@@ -6,10 +6,11 @@ import (
 	"testing"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 )
 
 // FuzzDecodeEvent checks that DecodeEvent never panics and keeps its
-// contract on any input: an error wraps ErrInvalid and comes with the zero
+// contract on any input: an error wraps pm.ErrInvalid and comes with the zero
 // Event; a success carries the type, unmapped addresses and a ServerSide
 // consistent with the flags, and does not change when an unknown attribute
 // is appended.
@@ -30,7 +31,7 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(uint8(255), []byte{4, 0, 0, 0, 3, 0, 1})
 
 	f.Fuzz(func(t *testing.T, cmd uint8, data []byte) {
-		ev, err := pm.DecodeEvent(cmd, data)
+		ev, err := pmnl.DecodeEvent(cmd, data)
 		if err != nil {
 			if !errors.Is(err, pm.ErrInvalid) {
 				t.Fatalf("error %v does not wrap ErrInvalid", err)
@@ -62,7 +63,7 @@ func FuzzDecodeEvent(f *testing.F) {
 		// then be misaligned against).
 		if len(data)%4 == 0 {
 			more := append(append([]byte(nil), data...), attr(250, 1, 2, 3)...)
-			ev2, err := pm.DecodeEvent(cmd, more)
+			ev2, err := pmnl.DecodeEvent(cmd, more)
 			if err != nil || ev2 != ev {
 				t.Fatalf("with an unknown attribute appended: %+v, %v; want %+v", ev2, err, ev)
 			}

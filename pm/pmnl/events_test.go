@@ -1,4 +1,4 @@
-package pm_test
+package pmnl_test
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 )
 
 const (
@@ -173,7 +174,7 @@ func TestDecodeEventKernelCaptures(t *testing.T) {
 	seen := map[pm.EventType]bool{}
 	for _, c := range kernelCaptures {
 		t.Run(c.name, func(t *testing.T) {
-			got, err := pm.DecodeEvent(c.cmd, mustHex(t, c.hex))
+			got, err := pmnl.DecodeEvent(c.cmd, mustHex(t, c.hex))
 			if err != nil {
 				t.Fatalf("DecodeEvent: %v", err)
 			}
@@ -220,7 +221,7 @@ func TestDecodeEventAllAttributes(t *testing.T) {
 		Backup: true, Error: 104, Flags: pm.EventFlagDenyJoinID0, ServerSide: true, Timeout: 0xdeadbeef,
 		Ifindex: -2, ResetReason: 3, ResetFlags: 1,
 	}
-	got, err := pm.DecodeEvent(uint8(pm.EventSubClosed), data)
+	got, err := pmnl.DecodeEvent(uint8(pm.EventSubClosed), data)
 	if err != nil {
 		t.Fatalf("DecodeEvent: %v", err)
 	}
@@ -230,7 +231,7 @@ func TestDecodeEventAllAttributes(t *testing.T) {
 
 	// The IPv4 forms of the addresses.
 	data = concat(attr(5, 192, 0, 2, 1), attr(7, 198, 51, 100, 7))
-	got, err = pm.DecodeEvent(uint8(pm.EventSubEstablished), data)
+	got, err = pmnl.DecodeEvent(uint8(pm.EventSubEstablished), data)
 	if err != nil {
 		t.Fatalf("DecodeEvent v4: %v", err)
 	}
@@ -252,7 +253,7 @@ func TestDecodeEventAddresses(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			data := concat(attr(2, u16(afInet6)...), attr(6, ip(c.raw)...), attr(8, ip(c.raw)...))
-			got, err := pm.DecodeEvent(uint8(pm.EventCreated), data)
+			got, err := pmnl.DecodeEvent(uint8(pm.EventCreated), data)
 			if err != nil {
 				t.Fatalf("DecodeEvent: %v", err)
 			}
@@ -281,7 +282,7 @@ func TestDecodeEventServerSide(t *testing.T) {
 		{"other flag only", attr(13, u16(uint16(pm.EventFlagDenyJoinID0))...), pm.EventFlagDenyJoinID0, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			got, err := pm.DecodeEvent(uint8(pm.EventCreated), c.data)
+			got, err := pmnl.DecodeEvent(uint8(pm.EventCreated), c.data)
 			if err != nil {
 				t.Fatalf("DecodeEvent: %v", err)
 			}
@@ -302,7 +303,7 @@ func TestDecodeEventSkipsUnknown(t *testing.T) {
 		attr(0x8000|3, 5),       // LOC_ID with NLA_F_NESTED set: the flag is masked
 		attr(4, 6),
 	)
-	got, err := pm.DecodeEvent(uint8(pm.EventRemoved), data)
+	got, err := pmnl.DecodeEvent(uint8(pm.EventRemoved), data)
 	if err != nil {
 		t.Fatalf("DecodeEvent: %v", err)
 	}
@@ -312,7 +313,7 @@ func TestDecodeEventSkipsUnknown(t *testing.T) {
 	}
 
 	// An unknown event type is decoded all the same.
-	got, err = pm.DecodeEvent(200, attr(1, u32(9)...))
+	got, err = pmnl.DecodeEvent(200, attr(1, u32(9)...))
 	if err != nil {
 		t.Fatalf("DecodeEvent(200): %v", err)
 	}
@@ -326,17 +327,17 @@ func TestDecodeEventSkipsUnknown(t *testing.T) {
 
 func TestDecodeEventEdgeCases(t *testing.T) {
 	// No attributes at all.
-	if got, err := pm.DecodeEvent(3, nil); err != nil || got != (pm.Event{Type: pm.EventClosed}) {
+	if got, err := pmnl.DecodeEvent(3, nil); err != nil || got != (pm.Event{Type: pm.EventClosed}) {
 		t.Errorf("DecodeEvent(3, nil) = %+v, %v", got, err)
 	}
 	// The last attribute may come without its padding.
 	data := concat(attr(1, u32(5)...), []byte{5, 0, 4, 0, 9})
-	if got, err := pm.DecodeEvent(7, data); err != nil || got != (pm.Event{Type: pm.EventRemoved, Token: 5, RemoteID: 9}) {
+	if got, err := pmnl.DecodeEvent(7, data); err != nil || got != (pm.Event{Type: pm.EventRemoved, Token: 5, RemoteID: 9}) {
 		t.Errorf("unpadded last attribute: %+v, %v", got, err)
 	}
 	// An attribute that comes twice: the last one wins.
 	data = concat(attr(1, u32(1)...), attr(9, be16(80)...), attr(1, u32(2)...), attr(9, be16(443)...))
-	if got, err := pm.DecodeEvent(1, data); err != nil || got.Token != 2 || got.LocalPort != 443 {
+	if got, err := pmnl.DecodeEvent(1, data); err != nil || got.Token != 2 || got.LocalPort != 443 {
 		t.Errorf("duplicates: %+v, %v", got, err)
 	}
 }
@@ -364,7 +365,7 @@ func TestDecodeEventMalformed(t *testing.T) {
 		{"bad attribute after good ones", concat(token, attr(2, u16(2)...), attr(11, 1, 0))},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			got, err := pm.DecodeEvent(uint8(pm.EventSubClosed), c.data)
+			got, err := pmnl.DecodeEvent(uint8(pm.EventSubClosed), c.data)
 			if !errors.Is(err, pm.ErrInvalid) {
 				t.Fatalf("error %v, want one wrapping ErrInvalid", err)
 			}
@@ -376,7 +377,7 @@ func TestDecodeEventMalformed(t *testing.T) {
 }
 
 // TestDecodeEventPrefixes decodes every prefix of every capture: a prefix
-// that ends between attributes decodes, any other is an ErrInvalid error.
+// that ends between attributes decodes, any other is an pm.ErrInvalid error.
 func TestDecodeEventPrefixes(t *testing.T) {
 	for _, c := range kernelCaptures {
 		full := mustHex(t, c.hex)
@@ -389,7 +390,7 @@ func TestDecodeEventPrefixes(t *testing.T) {
 			off += (n + 3) &^ 3
 		}
 		for i := 0; i <= len(full); i++ {
-			_, err := pm.DecodeEvent(c.cmd, full[:i])
+			_, err := pmnl.DecodeEvent(c.cmd, full[:i])
 			switch {
 			case boundaries[i] && err != nil:
 				t.Errorf("%s: prefix %d (attribute boundary): %v", c.name, i, err)

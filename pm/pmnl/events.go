@@ -1,8 +1,9 @@
-package pm
+package pmnl
 
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"net/netip"
 )
 
@@ -56,21 +57,10 @@ const (
 	nlaTypeMask  = 0x3fff // without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 )
 
-// known reports whether t is one of the event types this package names.
-func (t EventType) known() bool {
-	switch t {
-	case EventCreated, EventEstablished, EventClosed, EventAnnounced, EventRemoved,
-		EventSubEstablished, EventSubClosed, EventSubPriority,
-		EventListenerCreated, EventListenerClosed:
-		return true
-	}
-	return false
-}
-
 // DecodeEvent decodes one event: cmd is the generic-netlink command of the
 // multicast message (the event type), data the attributes after the 4-byte
 // genetlink header. Unknown attributes are skipped; a malformed attribute
-// (short length, wrong size for its type) is an error wrapping ErrInvalid.
+// (short length, wrong size for its type) is an error wrapping pm.ErrInvalid.
 // Never panics. Zero allocations.
 //
 // An unknown cmd is not an error: its attributes are decoded as for any
@@ -81,19 +71,19 @@ func (t EventType) known() bool {
 // AF_INET6 in that case). ServerSide is set when either the SERVER_SIDE
 // attribute or the server-side bit of FLAGS says so. When an attribute comes
 // twice, the last one wins.
-func DecodeEvent(cmd uint8, data []byte) (Event, error) {
-	ev := Event{Type: EventType(cmd)}
+func DecodeEvent(cmd uint8, data []byte) (pm.Event, error) {
+	ev := pm.Event{Type: pm.EventType(cmd)}
 	var serverSide bool
 	for len(data) > 0 {
 		if len(data) < nlaHeaderLen {
-			return Event{}, fmt.Errorf("pm: decode %v: %d trailing bytes, too short for an attribute: %w",
-				ev.Type, len(data), ErrInvalid)
+			return pm.Event{}, fmt.Errorf("pm: decode %v: %d trailing bytes, too short for an attribute: %w",
+				ev.Type, len(data), pm.ErrInvalid)
 		}
 		n := int(binary.NativeEndian.Uint16(data[0:2]))
 		typ := binary.NativeEndian.Uint16(data[2:4]) & nlaTypeMask
 		if n < nlaHeaderLen || n > len(data) {
-			return Event{}, fmt.Errorf("pm: decode %v: attribute %d: length %d with %d bytes left: %w",
-				ev.Type, typ, n, len(data), ErrInvalid)
+			return pm.Event{}, fmt.Errorf("pm: decode %v: attribute %d: length %d with %d bytes left: %w",
+				ev.Type, typ, n, len(data), pm.ErrInvalid)
 		}
 		v := data[nlaHeaderLen:n]
 		if next := (n + 3) &^ 3; next < len(data) {
@@ -106,8 +96,8 @@ func DecodeEvent(cmd uint8, data []byte) (Event, error) {
 			continue // unknown attribute
 		}
 		if len(v) != int(attrSize[typ]) {
-			return Event{}, fmt.Errorf("pm: decode %v: attribute %d: %d bytes, want %d: %w",
-				ev.Type, typ, len(v), attrSize[typ], ErrInvalid)
+			return pm.Event{}, fmt.Errorf("pm: decode %v: attribute %d: %d bytes, want %d: %w",
+				ev.Type, typ, len(v), attrSize[typ], pm.ErrInvalid)
 		}
 		switch typ {
 		case attrToken:
@@ -135,7 +125,7 @@ func DecodeEvent(cmd uint8, data []byte) (Event, error) {
 		case attrError:
 			ev.Error = v[0]
 		case attrFlags:
-			ev.Flags = EventFlags(binary.NativeEndian.Uint16(v))
+			ev.Flags = pm.EventFlags(binary.NativeEndian.Uint16(v))
 		case attrTimeout:
 			ev.Timeout = binary.NativeEndian.Uint32(v)
 		case attrIfIdx:
@@ -148,6 +138,6 @@ func DecodeEvent(cmd uint8, data []byte) (Event, error) {
 			serverSide = v[0] != 0
 		}
 	}
-	ev.ServerSide = serverSide || ev.Flags&EventFlagServerSide != 0
+	ev.ServerSide = serverSide || ev.Flags&pm.EventFlagServerSide != 0
 	return ev, nil
 }

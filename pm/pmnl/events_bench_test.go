@@ -1,10 +1,11 @@
-package pm_test
+package pmnl_test
 
 import (
 	"encoding/hex"
 	"testing"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 )
 
 // BenchmarkDecodeEvent decodes the kernel captures in turn, a realistic mix
@@ -27,7 +28,7 @@ func BenchmarkDecodeEvent(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		m := msgs[i]
-		ev, err := pm.DecodeEvent(m.cmd, m.data)
+		ev, err := pmnl.DecodeEvent(m.cmd, m.data)
 		if err != nil {
 			b.Fatal(err)
 		}

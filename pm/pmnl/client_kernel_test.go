@@ -1,6 +1,6 @@
 //go:build linux
 
-package pm_test
+package pmnl_test
 
 import (
 	"errors"
@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
 )
 
@@ -25,9 +26,9 @@ import (
 const clientEventWait = 10 * time.Second
 
 // clientDial opens a Client in h's namespace, closed when the test ends.
-func clientDial(tb testing.TB, h *pmtest.Host) *pm.Client {
+func clientDial(tb testing.TB, h *pmtest.Host) *pmnl.Client {
 	tb.Helper()
-	c, err := pm.Dial(&pm.Config{NetNS: h.NSFD()})
+	c, err := pmnl.Dial(&pmnl.Config{NetNS: h.NSFD()})
 	if err != nil {
 		tb.Fatalf("Dial in %s: %v", h.Name, err)
 	}
@@ -38,14 +39,14 @@ func clientDial(tb testing.TB, h *pmtest.Host) *pm.Client {
 // clientEvents is an EventListener of one namespace with the events it has
 // read but not yet matched.
 type clientEvents struct {
-	l       *pm.EventListener
+	l       *pmnl.EventListener
 	pending []pm.Event
 	buf     []pm.Event
 }
 
 func clientListen(t *testing.T, h *pmtest.Host) *clientEvents {
 	t.Helper()
-	l, err := pm.ListenEvents(&pm.Config{NetNS: h.NSFD()})
+	l, err := pmnl.ListenEvents(&pmnl.Config{NetNS: h.NSFD()})
 	if err != nil {
 		t.Fatalf("ListenEvents in %s: %v", h.Name, err)
 	}
@@ -380,7 +381,7 @@ func TestKernelUserspaceCommandOnKernelPM(t *testing.T) {
 
 // TestKernelNeedsCapability runs commands on a locked thread without
 // CAP_NET_ADMIN (capabilities are per thread; the socket is made there too):
-// the kernel refuses changes with EPERM, which matches ErrPermission, and
+// the kernel refuses changes with EPERM, which matches pm.ErrPermission, and
 // still answers reads.
 func TestKernelNeedsCapability(t *testing.T) {
 	h := pmtest.NewNamespace(t)
@@ -401,7 +402,7 @@ func TestKernelNeedsCapability(t *testing.T) {
 				runtime.LockOSThread() // keep this thread out of the pool: it dies with its goroutine
 			}
 		}()
-		c, err := pm.Dial(nil) // the namespace of this thread
+		c, err := pmnl.Dial(nil) // the namespace of this thread
 		if err != nil {
 			return err
 		}

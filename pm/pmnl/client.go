@@ -1,8 +1,9 @@
-package pm
+package pmnl
 
 import (
 	"errors"
 	"fmt"
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"net/netip"
 	"os"
 	"syscall"
@@ -98,9 +99,9 @@ func (c *Client) GroupID(name string) (uint32, bool) {
 // IPv4-mapped address is added as IPv4, and a zone is ignored.
 //
 // Adding an address that already is an endpoint gives an error matching
-// ErrExists; an id already in use, one matching ErrBusy (the kernel's
+// pm.ErrExists; an id already in use, one matching pm.ErrBusy (the kernel's
 // EBUSY).
-func (c *Client) AddEndpoint(e Address) (uint8, error) {
+func (c *Client) AddEndpoint(e pm.Address) (uint8, error) {
 	const op = "add endpoint"
 	addr, err := checkAddr(op, e.Addr)
 	if err != nil {
@@ -120,13 +121,13 @@ func (c *Client) AddEndpoint(e Address) (uint8, error) {
 	if id, ok := findEndpoint(eps, e.Addr, e.Port); ok {
 		return id, nil
 	}
-	return 0, fmt.Errorf("pm: %s: added %s, but it is not in the endpoint list: %w", op, e.Addr, ErrNotFound)
+	return 0, fmt.Errorf("pm: %s: added %s, but it is not in the endpoint list: %w", op, e.Addr, pm.ErrNotFound)
 }
 
 // findEndpoint returns the id of the endpoint with this address and port.
 // The kernel drops the port of an endpoint that is not signal-only, so an
 // endpoint with the address and port 0 matches when no exact one exists.
-func findEndpoint(eps []Address, addr netip.Addr, port uint16) (uint8, bool) {
+func findEndpoint(eps []pm.Address, addr netip.Addr, port uint16) (uint8, bool) {
 	var portless []uint8
 	for _, ep := range eps {
 		if ep.Addr != addr {
@@ -146,36 +147,36 @@ func findEndpoint(eps []Address, addr netip.Addr, port uint16) (uint8, bool) {
 }
 
 // DeleteEndpoint deletes the in-kernel path manager's endpoint with this id.
-// An unknown id gives an error matching ErrNotFound.
+// An unknown id gives an error matching pm.ErrNotFound.
 func (c *Client) DeleteEndpoint(id uint8) error {
 	_, err := c.execute("delete endpoint", cmdDelAddr, netlink.Acknowledge, func(ae *netlink.AttributeEncoder) {
-		encodeAddress(ae, pmAttrAddr, Address{ID: id}, 0)
+		encodeAddress(ae, pmAttrAddr, pm.Address{ID: id}, 0)
 	})
 	return err
 }
 
 // GetEndpoint returns the in-kernel path manager's endpoint with this id.
-// An unknown id gives an error matching ErrNotFound.
-func (c *Client) GetEndpoint(id uint8) (Address, error) {
+// An unknown id gives an error matching pm.ErrNotFound.
+func (c *Client) GetEndpoint(id uint8) (pm.Address, error) {
 	const op = "get endpoint"
 	msgs, err := c.execute(op, cmdGetAddr, 0, func(ae *netlink.AttributeEncoder) {
-		encodeAddress(ae, pmAttrAddr, Address{ID: id}, 0)
+		encodeAddress(ae, pmAttrAddr, pm.Address{ID: id}, 0)
 	})
 	if err != nil {
-		return Address{}, err
+		return pm.Address{}, err
 	}
 	if len(msgs) != 1 {
-		return Address{}, fmt.Errorf("pm: %s: %d replies, want 1: %w", op, len(msgs), ErrInvalid)
+		return pm.Address{}, fmt.Errorf("pm: %s: %d replies, want 1: %w", op, len(msgs), pm.ErrInvalid)
 	}
 	a, err := decodeAddressMessage(msgs[0].Data)
 	if err != nil {
-		return Address{}, fmt.Errorf("pm: %s: %w", op, err)
+		return pm.Address{}, fmt.Errorf("pm: %s: %w", op, err)
 	}
 	return a, nil
 }
 
 // Endpoints returns all endpoints of the in-kernel path manager.
-func (c *Client) Endpoints() ([]Address, error) {
+func (c *Client) Endpoints() ([]pm.Address, error) {
 	return c.dumpAddresses("list endpoints", nil)
 }
 
@@ -186,8 +187,8 @@ func (c *Client) FlushEndpoints() error {
 }
 
 // SetLimits sets both limits of the in-kernel path manager. The kernel
-// refuses values above its maximum (8) with an error matching ErrInvalid.
-func (c *Client) SetLimits(l Limits) error {
+// refuses values above its maximum (8) with an error matching pm.ErrInvalid.
+func (c *Client) SetLimits(l pm.Limits) error {
 	_, err := c.execute("set limits", cmdSetLimits, netlink.Acknowledge, func(ae *netlink.AttributeEncoder) {
 		ae.Uint32(pmAttrRcvAddAddrs, l.AddAddrAccepted)
 		ae.Uint32(pmAttrSubflows, l.Subflows)
@@ -196,18 +197,18 @@ func (c *Client) SetLimits(l Limits) error {
 }
 
 // Limits returns the limits of the in-kernel path manager.
-func (c *Client) Limits() (Limits, error) {
+func (c *Client) Limits() (pm.Limits, error) {
 	const op = "get limits"
 	msgs, err := c.execute(op, cmdGetLimits, 0, nil)
 	if err != nil {
-		return Limits{}, err
+		return pm.Limits{}, err
 	}
 	if len(msgs) != 1 {
-		return Limits{}, fmt.Errorf("pm: %s: %d replies, want 1: %w", op, len(msgs), ErrInvalid)
+		return pm.Limits{}, fmt.Errorf("pm: %s: %d replies, want 1: %w", op, len(msgs), pm.ErrInvalid)
 	}
 	l, err := decodeLimits(msgs[0].Data)
 	if err != nil {
-		return Limits{}, fmt.Errorf("pm: %s: %w", op, err)
+		return pm.Limits{}, fmt.Errorf("pm: %s: %w", op, err)
 	}
 	return l, nil
 }
@@ -215,32 +216,32 @@ func (c *Client) Limits() (Limits, error) {
 // SetEndpointFlags sets the flags of the in-kernel path manager's endpoint
 // with this id. The kernel changes only the backup and fullmesh flags; the
 // others in f are ignored.
-func (c *Client) SetEndpointFlags(id uint8, f Flags) error {
+func (c *Client) SetEndpointFlags(id uint8, f pm.Flags) error {
 	_, err := c.execute("set endpoint flags", cmdSetFlags, netlink.Acknowledge, func(ae *netlink.AttributeEncoder) {
-		encodeAddress(ae, pmAttrAddr, Address{ID: id, Flags: f}, withFlags)
+		encodeAddress(ae, pmAttrAddr, pm.Address{ID: id, Flags: f}, withFlags)
 	})
 	return err
 }
 
 // Announce announces a local address to the peer of the userspace-PM
 // connection with this token (an ADD_ADDR). a.ID must be non-zero and
-// a.Addr valid, or the error wraps ErrInvalid and nothing is sent; the
+// a.Addr valid, or the error wraps pm.ErrInvalid and nothing is sent; the
 // signal flag is always set. The peer can only join an announced address
 // if an MPTCP socket listens on it.
 //
-// A token the kernel does not know gives an error matching ErrNotFound; a
-// connection of the in-kernel path manager, one matching ErrNotSupported.
-func (c *Client) Announce(token uint32, a Address) error {
+// A token the kernel does not know gives an error matching pm.ErrNotFound; a
+// connection of the in-kernel path manager, one matching pm.ErrNotSupported.
+func (c *Client) Announce(token uint32, a pm.Address) error {
 	const op = "announce"
 	if a.ID == 0 {
-		return fmt.Errorf("pm: %s: address id 0: %w", op, ErrInvalid)
+		return fmt.Errorf("pm: %s: address id 0: %w", op, pm.ErrInvalid)
 	}
 	addr, err := checkAddr(op, a.Addr)
 	if err != nil {
 		return err
 	}
 	a.Addr = addr
-	a.Flags |= FlagSignal
+	a.Flags |= pm.FlagSignal
 	_, err = c.execute(op, cmdAnnounce, netlink.Acknowledge, func(ae *netlink.AttributeEncoder) {
 		ae.Uint32(pmAttrToken, token)
 		encodeAddress(ae, pmAttrAddr, a, withFlags)
@@ -263,12 +264,12 @@ func (c *Client) Remove(token uint32, id uint8) error {
 // connection with this token, from local (address, and optionally id, port,
 // flags such as FlagBackup and interface) to remote. Both addresses must be
 // valid and of the same family once IPv4-mapped addresses are unmapped, or
-// the error wraps ErrInvalid and nothing is sent.
+// the error wraps pm.ErrInvalid and nothing is sent.
 //
 // The command returns once the subflow's SYN is on its way; the subflow is
 // up when the SUB_ESTABLISHED event comes. The kernel refuses while the
 // connection is not yet fully established (ENOTCONN).
-func (c *Client) CreateSubflow(token uint32, local Address, remote netip.AddrPort) error {
+func (c *Client) CreateSubflow(token uint32, local pm.Address, remote netip.AddrPort) error {
 	const op = "create subflow"
 	laddr, raddr, err := checkPair(op, local.Addr, remote.Addr())
 	if err != nil {
@@ -278,7 +279,7 @@ func (c *Client) CreateSubflow(token uint32, local Address, remote netip.AddrPor
 	_, err = c.execute(op, cmdSubflowCreate, netlink.Acknowledge, func(ae *netlink.AttributeEncoder) {
 		ae.Uint32(pmAttrToken, token)
 		encodeAddress(ae, pmAttrAddr, local, 0)
-		encodeAddress(ae, pmAttrAddrRemote, Address{Addr: raddr, Port: remote.Port()}, 0)
+		encodeAddress(ae, pmAttrAddrRemote, pm.Address{Addr: raddr, Port: remote.Port()}, 0)
 	})
 	return err
 }
@@ -293,8 +294,8 @@ func (c *Client) DestroySubflow(token uint32, local, remote netip.AddrPort) erro
 	}
 	_, err = c.execute(op, cmdSubflowDestroy, netlink.Acknowledge, func(ae *netlink.AttributeEncoder) {
 		ae.Uint32(pmAttrToken, token)
-		encodeAddress(ae, pmAttrAddr, Address{Addr: laddr, Port: local.Port()}, 0)
-		encodeAddress(ae, pmAttrAddrRemote, Address{Addr: raddr, Port: remote.Port()}, 0)
+		encodeAddress(ae, pmAttrAddr, pm.Address{Addr: laddr, Port: local.Port()}, 0)
+		encodeAddress(ae, pmAttrAddrRemote, pm.Address{Addr: raddr, Port: remote.Port()}, 0)
 	})
 	return err
 }
@@ -303,7 +304,7 @@ func (c *Client) DestroySubflow(token uint32, local, remote netip.AddrPort) erro
 // the subflows of the userspace-PM connection with this token that go from
 // local to remote, and tells the peer (MP_PRIO). A local port of 0 means
 // every subflow from that address to remote.
-func (c *Client) SetSubflowFlags(token uint32, local, remote netip.AddrPort, f Flags) error {
+func (c *Client) SetSubflowFlags(token uint32, local, remote netip.AddrPort, f pm.Flags) error {
 	const op = "set subflow flags"
 	laddr, raddr, err := checkPair(op, local.Addr(), remote.Addr())
 	if err != nil {
@@ -311,27 +312,27 @@ func (c *Client) SetSubflowFlags(token uint32, local, remote netip.AddrPort, f F
 	}
 	_, err = c.execute(op, cmdSetFlags, netlink.Acknowledge, func(ae *netlink.AttributeEncoder) {
 		ae.Uint32(pmAttrToken, token)
-		encodeAddress(ae, pmAttrAddr, Address{Addr: laddr, Port: local.Port(), Flags: f}, withFlags)
-		encodeAddress(ae, pmAttrAddrRemote, Address{Addr: raddr, Port: remote.Port()}, 0)
+		encodeAddress(ae, pmAttrAddr, pm.Address{Addr: laddr, Port: local.Port(), Flags: f}, withFlags)
+		encodeAddress(ae, pmAttrAddrRemote, pm.Address{Addr: raddr, Port: remote.Port()}, 0)
 	})
 	return err
 }
 
 // Addresses returns the local addresses of the userspace-PM connection with
 // this token: those announced or used by its subflows.
-func (c *Client) Addresses(token uint32) ([]Address, error) {
+func (c *Client) Addresses(token uint32) ([]pm.Address, error) {
 	return c.dumpAddresses("list addresses", func(ae *netlink.AttributeEncoder) {
 		ae.Uint32(pmAttrToken, token)
 	})
 }
 
 // dumpAddresses sends a GET_ADDR dump and decodes every reply.
-func (c *Client) dumpAddresses(op string, attrs func(*netlink.AttributeEncoder)) ([]Address, error) {
+func (c *Client) dumpAddresses(op string, attrs func(*netlink.AttributeEncoder)) ([]pm.Address, error) {
 	msgs, err := c.execute(op, cmdGetAddr, netlink.Dump, attrs)
 	if err != nil {
 		return nil, err
 	}
-	addrs := make([]Address, 0, len(msgs))
+	addrs := make([]pm.Address, 0, len(msgs))
 	for _, m := range msgs {
 		a, err := decodeAddressMessage(m.Data)
 		if err != nil {
@@ -372,7 +373,7 @@ func commandError(op string, err error) error {
 	var oe *netlink.OpError
 	if errors.As(err, &oe) {
 		if errno, ok := oe.Err.(syscall.Errno); ok {
-			return fmt.Errorf("pm: %w", &Error{Op: op, Errno: errno, Message: oe.Message})
+			return fmt.Errorf("pm: %w", &pm.Error{Op: op, Errno: errno, Message: oe.Message})
 		}
 	}
 	return fmt.Errorf("pm: %s: %w", op, err)
@@ -382,7 +383,7 @@ func commandError(op string, err error) error {
 // without zone.
 func checkAddr(op string, a netip.Addr) (netip.Addr, error) {
 	if !a.IsValid() {
-		return netip.Addr{}, fmt.Errorf("pm: %s: no address: %w", op, ErrInvalid)
+		return netip.Addr{}, fmt.Errorf("pm: %s: no address: %w", op, pm.ErrInvalid)
 	}
 	return a.Unmap().WithZone(""), nil
 }
@@ -392,14 +393,14 @@ func checkAddr(op string, a netip.Addr) (netip.Addr, error) {
 func checkPair(op string, local, remote netip.Addr) (netip.Addr, netip.Addr, error) {
 	l, err := checkAddr(op, local)
 	if err != nil {
-		return l, l, fmt.Errorf("pm: %s: local address: %w", op, ErrInvalid)
+		return l, l, fmt.Errorf("pm: %s: local address: %w", op, pm.ErrInvalid)
 	}
 	r, err := checkAddr(op, remote)
 	if err != nil {
-		return l, r, fmt.Errorf("pm: %s: remote address: %w", op, ErrInvalid)
+		return l, r, fmt.Errorf("pm: %s: remote address: %w", op, pm.ErrInvalid)
 	}
 	if l.Is4() != r.Is4() {
-		return l, r, fmt.Errorf("pm: %s: local %s and remote %s are of different families: %w", op, l, r, ErrInvalid)
+		return l, r, fmt.Errorf("pm: %s: local %s and remote %s are of different families: %w", op, l, r, pm.ErrInvalid)
 	}
 	return l, r, nil
 }

@@ -1,7 +1,8 @@
-package pm
+package pmnl
 
 import (
 	"fmt"
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"net/netip"
 
 	"github.com/mdlayher/netlink"
@@ -57,7 +58,7 @@ const (
 // describing a: FAMILY and ADDR4/ADDR6 when a.Addr is valid, ID, PORT and
 // IF_IDX when non-zero, FLAGS when non-zero or asked for by fields. The
 // caller has checked and unmapped a.Addr; its zone is not encoded.
-func encodeAddress(ae *netlink.AttributeEncoder, typ uint16, a Address, fields addrFields) {
+func encodeAddress(ae *netlink.AttributeEncoder, typ uint16, a pm.Address, fields addrFields) {
 	ae.Nested(typ, func(nae *netlink.AttributeEncoder) error {
 		switch {
 		case a.Addr.Is4():
@@ -87,15 +88,15 @@ func encodeAddress(ae *netlink.AttributeEncoder, typ uint16, a Address, fields a
 
 // decodeAddress decodes the attributes inside a pmAttrAddr. Unknown
 // attributes are skipped. A malformed attribute, an address of the wrong
-// size or one that disagrees with FAMILY is an error wrapping ErrInvalid.
+// size or one that disagrees with FAMILY is an error wrapping pm.ErrInvalid.
 // It never panics.
-func decodeAddress(b []byte) (Address, error) {
+func decodeAddress(b []byte) (pm.Address, error) {
 	ad, err := netlink.NewAttributeDecoder(b)
 	if err != nil {
-		return Address{}, fmt.Errorf("pm: decode address: %v: %w", err, ErrInvalid)
+		return pm.Address{}, fmt.Errorf("pm: decode address: %v: %w", err, pm.ErrInvalid)
 	}
 	var (
-		a              Address
+		a              pm.Address
 		family         uint16
 		addr4, addr6   []byte
 		hasFam, hasBad bool
@@ -115,16 +116,16 @@ func decodeAddress(b []byte) (Address, error) {
 		case addrAttrPort:
 			a.Port = ad.Uint16()
 		case addrAttrFlags:
-			a.Flags = Flags(ad.Uint32())
+			a.Flags = pm.Flags(ad.Uint32())
 		case addrAttrIfIdx:
 			a.Ifindex = ad.Int32()
 		}
 	}
 	if err := ad.Err(); err != nil {
-		return Address{}, fmt.Errorf("pm: decode address: %v: %w", err, ErrInvalid)
+		return pm.Address{}, fmt.Errorf("pm: decode address: %v: %w", err, pm.ErrInvalid)
 	}
 	if hasBad {
-		return Address{}, fmt.Errorf("pm: decode address: address of %d/%d bytes: %w", len(addr4), len(addr6), ErrInvalid)
+		return pm.Address{}, fmt.Errorf("pm: decode address: address of %d/%d bytes: %w", len(addr4), len(addr6), pm.ErrInvalid)
 	}
 	switch {
 	case hasFam && family == unix.AF_INET && addr4 != nil,
@@ -136,20 +137,20 @@ func decodeAddress(b []byte) (Address, error) {
 	case addr4 == nil && addr6 == nil:
 		// No address: an id-only entry. FAMILY alone says nothing useful.
 	default:
-		return Address{}, fmt.Errorf("pm: decode address: family %d does not match its address attributes: %w", family, ErrInvalid)
+		return pm.Address{}, fmt.Errorf("pm: decode address: family %d does not match its address attributes: %w", family, pm.ErrInvalid)
 	}
 	return a, nil
 }
 
 // decodeAddressMessage finds the pmAttrAddr in the attributes of one reply
-// message and decodes it. A reply without it is an error wrapping ErrInvalid.
-func decodeAddressMessage(b []byte) (Address, error) {
+// message and decodes it. A reply without it is an error wrapping pm.ErrInvalid.
+func decodeAddressMessage(b []byte) (pm.Address, error) {
 	ad, err := netlink.NewAttributeDecoder(b)
 	if err != nil {
-		return Address{}, fmt.Errorf("pm: decode reply: %v: %w", err, ErrInvalid)
+		return pm.Address{}, fmt.Errorf("pm: decode reply: %v: %w", err, pm.ErrInvalid)
 	}
 	var (
-		a     Address
+		a     pm.Address
 		found bool
 		derr  error
 	)
@@ -160,24 +161,24 @@ func decodeAddressMessage(b []byte) (Address, error) {
 		}
 	}
 	if err := ad.Err(); err != nil {
-		return Address{}, fmt.Errorf("pm: decode reply: %v: %w", err, ErrInvalid)
+		return pm.Address{}, fmt.Errorf("pm: decode reply: %v: %w", err, pm.ErrInvalid)
 	}
 	if derr != nil {
-		return Address{}, derr
+		return pm.Address{}, derr
 	}
 	if !found {
-		return Address{}, fmt.Errorf("pm: decode reply: no address attribute: %w", ErrInvalid)
+		return pm.Address{}, fmt.Errorf("pm: decode reply: no address attribute: %w", pm.ErrInvalid)
 	}
 	return a, nil
 }
 
 // decodeLimits decodes a GET_LIMITS reply. Missing attributes stay zero.
-func decodeLimits(b []byte) (Limits, error) {
+func decodeLimits(b []byte) (pm.Limits, error) {
 	ad, err := netlink.NewAttributeDecoder(b)
 	if err != nil {
-		return Limits{}, fmt.Errorf("pm: decode limits: %v: %w", err, ErrInvalid)
+		return pm.Limits{}, fmt.Errorf("pm: decode limits: %v: %w", err, pm.ErrInvalid)
 	}
-	var l Limits
+	var l pm.Limits
 	for ad.Next() {
 		switch ad.Type() {
 		case pmAttrRcvAddAddrs:
@@ -187,7 +188,7 @@ func decodeLimits(b []byte) (Limits, error) {
 		}
 	}
 	if err := ad.Err(); err != nil {
-		return Limits{}, fmt.Errorf("pm: decode limits: %v: %w", err, ErrInvalid)
+		return pm.Limits{}, fmt.Errorf("pm: decode limits: %v: %w", err, pm.ErrInvalid)
 	}
 	return l, nil
 }

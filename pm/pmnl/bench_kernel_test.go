@@ -1,6 +1,6 @@
 //go:build linux
 
-package pm_test
+package pmnl_test
 
 import (
 	"net/netip"

@@ -1,9 +1,10 @@
-package pm
+package pmnl
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"net"
 	"os"
 	"sync"
@@ -50,7 +51,7 @@ type EventListener struct {
 // receive buffer is made large (4 MiB, beyond the system limit when the
 // caller may) so that bursts of events do not overflow it.
 //
-// Joining needs CAP_NET_ADMIN: without it the error wraps ErrPermission. A
+// Joining needs CAP_NET_ADMIN: without it the error wraps pm.ErrPermission. A
 // kernel without MPTCP gives an error wrapping ErrFamilyNotFound.
 func ListenEvents(cfg *Config) (*EventListener, error) {
 	var nc netlink.Config
@@ -84,7 +85,7 @@ func newEventListener(c *genetlink.Conn) (*EventListener, error) {
 		}
 	}
 	if group == 0 {
-		return nil, fmt.Errorf("family %s has no group %s: %w", FamilyName, GroupEvents, ErrNotSupported)
+		return nil, fmt.Errorf("family %s has no group %s: %w", FamilyName, GroupEvents, pm.ErrNotSupported)
 	}
 	// SetReadBuffer tries SO_RCVBUFFORCE first and falls back to SO_RCVBUF,
 	// which the kernel caps at net.core.rmem_max.
@@ -93,7 +94,7 @@ func newEventListener(c *genetlink.Conn) (*EventListener, error) {
 	}
 	if err := c.JoinGroup(group); err != nil {
 		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
-			return nil, fmt.Errorf("join group %s: %w (%w)", GroupEvents, ErrPermission, err)
+			return nil, fmt.Errorf("join group %s: %w (%w)", GroupEvents, pm.ErrPermission, err)
 		}
 		return nil, fmt.Errorf("join group %s: %w", GroupEvents, err)
 	}
@@ -140,13 +141,13 @@ func (l *EventListener) recvfrom(fd uintptr) bool {
 // When the kernel dropped events because the socket's buffer was full, the
 // error wraps ErrOverflow; the listener stays usable, and the caller must
 // resynchronise its state from the kernel. A malformed event is an error
-// wrapping ErrInvalid, returned with the events of the same receive that
+// wrapping pm.ErrInvalid, returned with the events of the same receive that
 // did decode. After the deadline set by SetDeadline the error wraps
 // os.ErrDeadlineExceeded; after Close it wraps net.ErrClosed.
 //
 // Receive reuses its buffers and does not allocate on the success path.
 // Calls from several goroutines are serialised.
-func (l *EventListener) Receive(buf []Event) ([]Event, error) {
+func (l *EventListener) Receive(buf []pm.Event) ([]pm.Event, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	buf = buf[:0]
@@ -177,7 +178,7 @@ func (l *EventListener) receive() (int, error) {
 	case l.errno != 0:
 		return 0, fmt.Errorf("pm: receive events: %w", os.NewSyscallError("recvfrom", l.errno))
 	case l.n > len(l.buf):
-		return 0, fmt.Errorf("pm: receive events: datagram of %d bytes truncated to %d: %w", l.n, len(l.buf), ErrInvalid)
+		return 0, fmt.Errorf("pm: receive events: datagram of %d bytes truncated to %d: %w", l.n, len(l.buf), pm.ErrInvalid)
 	case l.from.Pid != 0:
 		return 0, nil // from a user-space socket, not from the kernel
 	}
@@ -185,16 +186,16 @@ func (l *EventListener) receive() (int, error) {
 }
 
 // decode appends the known events of the netlink messages in b to evs.
-func (l *EventListener) decode(evs []Event, b []byte) ([]Event, error) {
+func (l *EventListener) decode(evs []pm.Event, b []byte) ([]pm.Event, error) {
 	var first error
 	for len(b) > 0 {
 		if len(b) < unix.SizeofNlMsghdr {
-			return evs, fmt.Errorf("pm: receive events: %d trailing bytes: %w", len(b), ErrInvalid)
+			return evs, fmt.Errorf("pm: receive events: %d trailing bytes: %w", len(b), pm.ErrInvalid)
 		}
 		n := int(binary.NativeEndian.Uint32(b[0:4]))
 		typ := binary.NativeEndian.Uint16(b[4:6])
 		if n < unix.SizeofNlMsghdr || n > len(b) {
-			return evs, fmt.Errorf("pm: receive events: message length %d with %d bytes left: %w", n, len(b), ErrInvalid)
+			return evs, fmt.Errorf("pm: receive events: message length %d with %d bytes left: %w", n, len(b), pm.ErrInvalid)
 		}
 		msg := b[unix.SizeofNlMsghdr:n]
 		b = b[min((n+3)&^3, len(b)):]
@@ -202,7 +203,7 @@ func (l *EventListener) decode(evs []Event, b []byte) ([]Event, error) {
 			continue // NLMSG_NOOP and the like
 		}
 		cmd := msg[0]
-		if !EventType(cmd).known() {
+		if !pm.EventType(cmd).Known() {
 			continue
 		}
 		ev, err := DecodeEvent(cmd, msg[genlHeaderLen:])
