@@ -19,6 +19,7 @@ import (
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
 	"github.com/mptcp-pmd/mptcp-pmd/service"
+	"github.com/mptcp-pmd/mptcp-pmd/service/config"
 )
 
 // The files under test, relative to this directory.
@@ -548,7 +549,7 @@ func uncommented(tb testing.TB) string {
 // and the values shown are the defaults, but for the tables that have
 // none ([limits], [interfaces.NAME]), which hold examples.
 func TestExampleConfig(t *testing.T) {
-	cfg, err := service.LoadConfig(exampleConfig)
+	cfg, err := config.Load(exampleConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -560,7 +561,7 @@ func TestExampleConfig(t *testing.T) {
 	if err := os.WriteFile(p, []byte(uncommented(t)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err = service.LoadConfig(p)
+	cfg, err = config.Load(p)
 	if err != nil {
 		t.Fatalf("the example's settings: %v", err)
 	}
@@ -576,7 +577,7 @@ func TestExampleConfig(t *testing.T) {
 // TestExampleConfigComplete checks that the example shows every key the
 // parser knows: the toml tags in the service package's source.
 func TestExampleConfigComplete(t *testing.T) {
-	srcs, err := filepath.Glob(filepath.Join(projectRoot(t), "service", "*.go"))
+	srcs, err := filepath.Glob(filepath.Join(projectRoot(t), "service", "config", "*.go"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -600,7 +601,7 @@ func TestExampleConfigComplete(t *testing.T) {
 		}
 	}
 	if keys == 0 {
-		t.Fatal("no toml tags found in the service package")
+		t.Fatal("no toml tags found in the service/config package")
 	}
 }
 

@@ -1,6 +1,7 @@
 package pm
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -67,6 +68,18 @@ next:
 		return 0, fmt.Errorf("pm: unknown address flag %q: %w", w, ErrInvalid)
 	}
 	return f, nil
+}
+
+// CheckEndpointFlags refuses endpoint flags that the kernel refuses
+// together, or that only the kernel sets.
+func CheckEndpointFlags(f Flags) error {
+	switch {
+	case f&FlagSignal != 0 && f&FlagFullmesh != 0:
+		return errors.New("signal and fullmesh together are refused by the kernel")
+	case f&FlagImplicit != 0:
+		return errors.New("implicit is set by the kernel only")
+	}
+	return nil
 }
 
 // Address is the kernel's address attribute set (MPTCP_PM_ATTR_ADDR): an

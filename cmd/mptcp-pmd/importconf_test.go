@@ -9,6 +9,7 @@ import (
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/service"
+	"github.com/mptcp-pmd/mptcp-pmd/service/config"
 )
 
 // loadTOML checks that the TOML is a valid mptcp-pmd configuration and
@@ -19,7 +20,7 @@ func loadTOML(t *testing.T, toml string) service.Config {
 	if err := os.WriteFile(p, []byte(toml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := service.LoadConfig(p)
+	cfg, err := config.Load(p)
 	if err != nil {
 		t.Fatalf("the imported configuration does not load: %v\n%s", err, toml)
 	}

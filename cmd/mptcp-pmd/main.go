@@ -27,6 +27,7 @@ import (
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/policy"
 	"github.com/mptcp-pmd/mptcp-pmd/service"
+	"github.com/mptcp-pmd/mptcp-pmd/service/config"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -93,7 +94,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 // loadConfig reads the configuration file and applies the command line's
 // overrides. A missing default file means the defaults.
 func loadConfig(o options) (service.Config, error) {
-	cfg, err := service.LoadConfig(o.configPath)
+	cfg, err := config.Load(o.configPath)
 	if errors.Is(err, fs.ErrNotExist) && !o.configSet {
 		cfg, err = service.DefaultConfig(), nil
 	}

@@ -1,4 +1,4 @@
-package service
+package config
 
 import (
 	"slices"
@@ -7,17 +7,17 @@ import (
 )
 
 func TestConfigAuthorization(t *testing.T) {
-	cfg, err := parseConfig("a.toml", "[authorization]\ngroups = [\"mptcp-admin\", 100, \"27\"]\n")
+	cfg, err := parse("a.toml", "[authorization]\ngroups = [\"mptcp-admin\", 100, \"27\"]\n")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := []string{"mptcp-admin", "100", "27"}; !slices.Equal(cfg.AuthGroups, want) {
 		t.Errorf("AuthGroups = %q, want %q", cfg.AuthGroups, want)
 	}
-	if cfg, err := parseConfig("a.toml", ""); err != nil || cfg.AuthGroups != nil {
+	if cfg, err := parse("a.toml", ""); err != nil || cfg.AuthGroups != nil {
 		t.Errorf("without [authorization]: AuthGroups = %q, %v; want none", cfg.AuthGroups, err)
 	}
-	if cfg, err := parseConfig("a.toml", "[authorization]\ngroups = []\n"); err != nil || len(cfg.AuthGroups) != 0 {
+	if cfg, err := parse("a.toml", "[authorization]\ngroups = []\n"); err != nil || len(cfg.AuthGroups) != 0 {
 		t.Errorf("empty groups: AuthGroups = %q, %v; want none", cfg.AuthGroups, err)
 	}
 
@@ -31,7 +31,7 @@ func TestConfigAuthorization(t *testing.T) {
 		{"[authorization]\ngroups = [true]\n", "found bool"},
 		{"[authorization]\nusers = [\"root\"]\n", "a.toml:2: unknown key authorization.users"},
 	} {
-		_, err := parseConfig("a.toml", tc.data)
+		_, err := parse("a.toml", tc.data)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want an error containing %q", tc.data, err, tc.want)
 		}

@@ -1,7 +1,8 @@
-package service
+package config
 
 import (
 	"errors"
+	"github.com/mptcp-pmd/mptcp-pmd/service"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -23,18 +24,18 @@ func writeConfig(t *testing.T, text string) string {
 	return p
 }
 
-func TestLoadConfigEmptyIsDefault(t *testing.T) {
-	cfg, err := LoadConfig(writeConfig(t, "# nothing\n"))
+func TestLoadEmptyIsDefault(t *testing.T) {
+	cfg, err := Load(writeConfig(t, "# nothing\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(cfg, DefaultConfig()) {
-		t.Errorf("empty file:\n got %+v\nwant %+v", cfg, DefaultConfig())
+	if !reflect.DeepEqual(cfg, service.DefaultConfig()) {
+		t.Errorf("empty file:\n got %+v\nwant %+v", cfg, service.DefaultConfig())
 	}
 }
 
-func TestLoadConfigFull(t *testing.T) {
-	cfg, err := LoadConfig(writeConfig(t, `
+func TestLoadFull(t *testing.T) {
+	cfg, err := Load(writeConfig(t, `
 policy = "subflow-per-interface"
 log_level = "debug"
 set_path_manager = true
@@ -63,10 +64,10 @@ flags = ["subflow", "backup"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{
-		Policy:   PolicySubflowPerInterface,
+	want := service.Config{
+		Policy:   service.PolicySubflowPerInterface,
 		LogLevel: slog.LevelDebug,
-		Limits:   &Limits{Subflows: 4, AddAddrAccepted: 2},
+		Limits:   &service.Limits{Subflows: 4, AddAddrAccepted: 2},
 		Filter: policy.FilterConfig{
 			RequireDefaultRoute: true,
 			Allow:               []string{"eth*", "wlan0"},
@@ -74,7 +75,7 @@ flags = ["subflow", "backup"]
 		},
 		EndpointFlags:  pm.FlagSubflow | pm.FlagSignal,
 		SetPathManager: true,
-		Interfaces: map[string]InterfaceConfig{
+		Interfaces: map[string]service.InterfaceConfig{
 			"wwan0": {Flags: pm.FlagSubflow | pm.FlagBackup},
 			"eth1":  {Flags: pm.FlagSubflow | pm.FlagSignal}, // the [endpoints] flags
 		},
@@ -84,7 +85,7 @@ flags = ["subflow", "backup"]
 	}
 }
 
-func TestLoadConfigErrors(t *testing.T) {
+func TestLoadErrors(t *testing.T) {
 	tests := []struct {
 		name string
 		text string
@@ -114,7 +115,7 @@ func TestLoadConfigErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := writeConfig(t, tt.text)
-			_, err := LoadConfig(p)
+			_, err := Load(p)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -125,9 +126,9 @@ func TestLoadConfigErrors(t *testing.T) {
 	}
 }
 
-func TestLoadConfigReportsEveryUnknownKey(t *testing.T) {
+func TestLoadReportsEveryUnknownKey(t *testing.T) {
 	p := writeConfig(t, "a = 1\n[filter]\nb = 2\n")
-	_, err := LoadConfig(p)
+	_, err := Load(p)
 	if err == nil {
 		t.Fatal("no error")
 	}
@@ -137,8 +138,8 @@ func TestLoadConfigReportsEveryUnknownKey(t *testing.T) {
 	}
 }
 
-func TestLoadConfigMissingFile(t *testing.T) {
-	_, err := LoadConfig(filepath.Join(t.TempDir(), "none.toml"))
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "none.toml"))
 	if !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("error %v, want a not-exist error", err)
 	}
