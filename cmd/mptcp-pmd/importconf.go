@@ -76,147 +76,215 @@ var mptcpdAddrFlags = []string{"subflow", "signal", "backup", "fullmesh", "lamin
 // group, and one line for each setting that has no equivalent (which the
 // TOML also names, in comments).
 func translateMptcpdConf(source string, core map[string]mptcpdEntry) (toml string, lost []string) {
-	var top, filter, endpoints, none []string
-	noEquivalent := func(e mptcpdEntry, why string) {
-		none = append(none, wrapComment(fmt.Sprintf("%s=%s: %s", e.key, e.value, why)))
-		where := source
-		if e.line > 0 { // 0: a key the file does not set
-			where += ":" + strconv.Itoa(e.line)
-		}
-		lost = append(lost, fmt.Sprintf("%s: %s=%s has no equivalent: %s", where, e.key, e.value, why))
-	}
-	comment := func(to *[]string, e mptcpdEntry) {
-		*to = append(*to, fmt.Sprintf("# from %s=%s", e.key, e.value))
-	}
+	t := &mptcpdTranslation{source: source}
+	t.policy(core)
+	t.addrFlags(core)
+	t.notifyFlags(core)
+	t.otherKeys(core)
+	return t.render(), t.lost
+}
 
-	// The policy: mptcpd's default plugin, else the plugins it loads.
+// mptcpdTranslation is the work of translateMptcpdConf: the TOML lines of
+// each section, and the settings that have no equivalent.
+type mptcpdTranslation struct {
+	source    string   // the mptcpd file, to name in messages
+	top       []string // top-level TOML lines
+	filter    []string // lines of [filter]
+	endpoints []string // lines of [endpoints]
+	none      []string // comments on the settings without an equivalent
+	lost      []string // one line for each setting without an equivalent
+}
+
+// noEquivalent names a setting that has no equivalent, in the TOML and in
+// the lost lines, with why.
+func (t *mptcpdTranslation) noEquivalent(e mptcpdEntry, why string) {
+	t.none = append(t.none, wrapComment(fmt.Sprintf("%s=%s: %s", e.key, e.value, why)))
+	where := t.source
+	if e.line > 0 { // 0: a key the file does not set
+		where += ":" + strconv.Itoa(e.line)
+	}
+	t.lost = append(t.lost, fmt.Sprintf("%s: %s=%s has no equivalent: %s", where, e.key, e.value, why))
+}
+
+// fromComment is the TOML comment naming the mptcpd setting a section's
+// lines come from.
+func fromComment(e mptcpdEntry) string {
+	return fmt.Sprintf("# from %s=%s", e.key, e.value)
+}
+
+// policy translates path-manager and load-plugins into the policy:
+// mptcpd's default plugin, else the plugins it loads.
+func (t *mptcpdTranslation) policy(core map[string]mptcpdEntry) {
 	pmEntry, hasPM := core["path-manager"]
 	loadEntry, hasLoad := core["load-plugins"]
 	var loaded []string
 	if hasLoad {
-		loaded = splitList(loadEntry.value)
-		for _, p := range loaded {
-			if _, ok := mptcpdPlugins[p]; !ok {
-				noEquivalent(mptcpdEntry{"load-plugins", p, loadEntry.line},
-					"mptcp-pmd has no such built-in policy (it has endpoints, subflow-per-interface, fullmesh, none)")
-			}
-		}
+		loaded = t.loadedPlugins(loadEntry)
 	}
 	plugin := ""
 	switch {
 	case hasPM:
-		plugin = pmEntry.value
-		comment(&top, pmEntry)
-		if hasLoad {
-			comment(&top, loadEntry)
-		}
-		if _, ok := mptcpdPlugins[plugin]; !ok {
-			noEquivalent(pmEntry, "mptcp-pmd has no such built-in policy; the policy stays mptcp-pmd's default")
-			plugin = ""
-		}
+		plugin = t.pathManager(pmEntry, loadEntry, hasLoad)
 	case hasLoad:
-		comment(&top, loadEntry)
-		known := slices.DeleteFunc(slices.Clone(loaded), func(p string) bool { return mptcpdPlugins[p] == "" })
-		if len(known) > 0 {
-			plugin = known[0]
-		}
-		if len(known) > 1 {
-			top = append(top, fmt.Sprintf("# mptcp-pmd runs one policy: the first plugin, %s, is used", plugin))
-			lost = append(lost, fmt.Sprintf("%s:%d: load-plugins: mptcp-pmd runs one policy; %s was chosen, the others are dropped",
-				source, loadEntry.line, plugin))
-		}
+		plugin = t.firstLoadedPlugin(loadEntry, loaded)
 	}
 	if plugin != "" {
-		top = append(top, "policy = "+strconv.Quote(mptcpdPlugins[plugin]))
-		if plugin == "sspi" {
-			top = append(top,
-				"# subflow-per-interface needs the userspace path manager (net.mptcp.path_manager=userspace);",
-				"# to let mptcp-pmd set it, uncomment:",
-				"# set_path_manager = true")
+		t.top = append(t.top, policyLines(plugin)...)
+	}
+}
+
+// loadedPlugins returns the plugins load-plugins lists, and names those
+// mptcp-pmd has no policy for.
+func (t *mptcpdTranslation) loadedPlugins(load mptcpdEntry) []string {
+	loaded := splitList(load.value)
+	for _, p := range loaded {
+		if _, ok := mptcpdPlugins[p]; !ok {
+			t.noEquivalent(mptcpdEntry{"load-plugins", p, load.line},
+				"mptcp-pmd has no such built-in policy (it has endpoints, subflow-per-interface, fullmesh, none)")
 		}
 	}
+	return loaded
+}
 
-	if e, ok := core["addr-flags"]; ok {
-		var flags []string
-		for _, w := range splitList(e.value) {
-			if slices.Contains(mptcpdAddrFlags, w) {
-				flags = append(flags, strconv.Quote(w))
-			} else {
-				noEquivalent(mptcpdEntry{e.key, w, e.line}, "not an endpoint flag of mptcp-pmd")
-			}
-		}
-		comment(&endpoints, e)
-		endpoints = append(endpoints, "flags = ["+strings.Join(flags, ", ")+"]")
+// pathManager returns the plugin path-manager names, which mptcpd uses
+// whatever it loads, or "" if mptcp-pmd has no policy for it.
+func (t *mptcpdTranslation) pathManager(pmEntry, loadEntry mptcpdEntry, hasLoad bool) string {
+	t.top = append(t.top, fromComment(pmEntry))
+	if hasLoad {
+		t.top = append(t.top, fromComment(loadEntry))
 	}
+	if _, ok := mptcpdPlugins[pmEntry.value]; !ok {
+		t.noEquivalent(pmEntry, "mptcp-pmd has no such built-in policy; the policy stays mptcp-pmd's default")
+		return ""
+	}
+	return pmEntry.value
+}
 
-	// notify-flags: mptcpd skips nothing unless told to, so each filter it
-	// names is set to whether it is listed; mptcp-pmd's defaults differ.
-	if e, ok := core["notify-flags"]; ok {
-		words := splitList(e.value)
-		comment(&filter, e)
-		for _, f := range []struct{ word, key string }{
-			{"skip_loopback", "skip_loopback"},
-			{"skip_link_local", "skip_link_local"},
-			{"check_route", "require_default_route"},
-		} {
-			filter = append(filter, fmt.Sprintf("%s = %t", f.key, slices.Contains(words, f.word)))
-		}
-		if !slices.Contains(words, "existing") {
-			noEquivalent(mptcpdEntry{e.key, "(without existing)", e.line},
-				"mptcpd ignored the addresses present at its start; mptcp-pmd always uses them")
-		}
-		for _, w := range words {
-			if !slices.Contains([]string{"existing", "skip_loopback", "skip_link_local", "check_route"}, w) {
-				noEquivalent(mptcpdEntry{e.key, w, e.line}, "not a notify flag mptcp-pmd knows")
-			}
+// firstLoadedPlugin returns the first of the loaded plugins mptcp-pmd has a
+// policy for, or "" if there is none, and names the others as dropped.
+func (t *mptcpdTranslation) firstLoadedPlugin(loadEntry mptcpdEntry, loaded []string) string {
+	t.top = append(t.top, fromComment(loadEntry))
+	plugin := ""
+	known := slices.DeleteFunc(slices.Clone(loaded), func(p string) bool { return mptcpdPlugins[p] == "" })
+	if len(known) > 0 {
+		plugin = known[0]
+	}
+	if len(known) > 1 {
+		t.top = append(t.top, fmt.Sprintf("# mptcp-pmd runs one policy: the first plugin, %s, is used", plugin))
+		t.lost = append(t.lost, fmt.Sprintf("%s:%d: load-plugins: mptcp-pmd runs one policy; %s was chosen, the others are dropped",
+			t.source, loadEntry.line, plugin))
+	}
+	return plugin
+}
+
+// policyLines are the top-level TOML lines that select the policy of a
+// known plugin.
+func policyLines(plugin string) []string {
+	lines := []string{"policy = " + strconv.Quote(mptcpdPlugins[plugin])}
+	if plugin == "sspi" {
+		lines = append(lines,
+			"# subflow-per-interface needs the userspace path manager (net.mptcp.path_manager=userspace);",
+			"# to let mptcp-pmd set it, uncomment:",
+			"# set_path_manager = true")
+	}
+	return lines
+}
+
+// addrFlags translates addr-flags into the flags of [endpoints].
+func (t *mptcpdTranslation) addrFlags(core map[string]mptcpdEntry) {
+	e, ok := core["addr-flags"]
+	if !ok {
+		return
+	}
+	var flags []string
+	for _, w := range splitList(e.value) {
+		if slices.Contains(mptcpdAddrFlags, w) {
+			flags = append(flags, strconv.Quote(w))
+		} else {
+			t.noEquivalent(mptcpdEntry{e.key, w, e.line}, "not an endpoint flag of mptcp-pmd")
 		}
 	}
+	t.endpoints = append(t.endpoints, fromComment(e), "flags = ["+strings.Join(flags, ", ")+"]")
+}
 
-	if _, ok := core["notify-flags"]; !ok {
-		noEquivalent(mptcpdEntry{"notify-flags", "(not set)", 0}, "mptcpd then filtered no address, and ignored "+
+// notifyFlags translates notify-flags into [filter]. mptcpd skips nothing
+// unless told to, so each filter it names is set to whether it is listed;
+// mptcp-pmd's defaults differ, which is named when notify-flags is not set.
+func (t *mptcpdTranslation) notifyFlags(core map[string]mptcpdEntry) {
+	e, ok := core["notify-flags"]
+	if !ok {
+		t.noEquivalent(mptcpdEntry{"notify-flags", "(not set)", 0}, "mptcpd then filtered no address, and ignored "+
 			"those present at its start; mptcp-pmd uses those too, through its default [filter] "+
 			"(loopback, link-local and tentative addresses and container interfaces skipped)")
+		return
 	}
+	words := splitList(e.value)
+	t.filter = append(t.filter, fromComment(e))
+	for _, f := range []struct{ word, key string }{
+		{"skip_loopback", "skip_loopback"},
+		{"skip_link_local", "skip_link_local"},
+		{"check_route", "require_default_route"},
+	} {
+		t.filter = append(t.filter, fmt.Sprintf("%s = %t", f.key, slices.Contains(words, f.word)))
+	}
+	t.filter = append(t.filter, "# skip_tentative and interfaces_allow/interfaces_deny (mptcp-pmd only) keep their defaults")
+	if !slices.Contains(words, "existing") {
+		t.noEquivalent(mptcpdEntry{e.key, "(without existing)", e.line},
+			"mptcpd ignored the addresses present at its start; mptcp-pmd always uses them")
+	}
+	for _, w := range words {
+		if !slices.Contains([]string{"existing", "skip_loopback", "skip_link_local", "check_route"}, w) {
+			t.noEquivalent(mptcpdEntry{e.key, w, e.line}, "not a notify flag mptcp-pmd knows")
+		}
+	}
+}
+
+// otherKeys names the keys that have no equivalent at all: log, plugin-dir,
+// and those mptcpd does not know, in sorted order.
+func (t *mptcpdTranslation) otherKeys(core map[string]mptcpdEntry) {
 	if e, ok := core["log"]; ok {
-		noEquivalent(e, "mptcp-pmd logs to standard error, which systemd passes to the journal; set log_level for the detail")
+		t.noEquivalent(e, "mptcp-pmd logs to standard error, which systemd passes to the journal; set log_level for the detail")
 	}
 	if e, ok := core["plugin-dir"]; ok {
-		noEquivalent(e, "mptcp-pmd's policies are built in, it loads no plugins")
+		t.noEquivalent(e, "mptcp-pmd's policies are built in, it loads no plugins")
 	}
 	known := []string{"path-manager", "load-plugins", "addr-flags", "notify-flags", "log", "plugin-dir"}
 	for _, k := range sortedKeys(core) {
 		if !slices.Contains(known, k) {
-			noEquivalent(core[k], "not a key of mptcpd's [core] group")
+			t.noEquivalent(core[k], "not a key of mptcpd's [core] group")
 		}
 	}
+}
 
+// render returns the TOML: a header naming the source, the top-level
+// lines, [filter], [endpoints], then the settings without an equivalent.
+func (t *mptcpdTranslation) render() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# mptcp-pmd configuration converted from the mptcpd configuration %s\n", source)
+	fmt.Fprintf(&b, "# mptcp-pmd configuration converted from the mptcpd configuration %s\n", t.source)
 	b.WriteString("# by mptcp-pmd --import-mptcpd-conf. Review it, then install it as\n")
 	b.WriteString("# " + defaultConfigPath + ".\n")
-	section := func(header string, lines []string) {
-		if len(lines) == 0 {
-			return
-		}
-		b.WriteString("\n")
-		if header != "" {
-			b.WriteString(header + "\n")
-		}
-		for _, l := range lines {
-			b.WriteString(l + "\n")
-		}
+	writeSection(&b, "", t.top)
+	writeSection(&b, "[filter]", t.filter)
+	writeSection(&b, "[endpoints]", t.endpoints)
+	if len(t.none) > 0 {
+		writeSection(&b, "", append([]string{"# Settings of mptcpd without an equivalent in mptcp-pmd:"}, t.none...))
 	}
-	section("", top)
-	if len(filter) > 0 {
-		filter = append(filter, "# skip_tentative and interfaces_allow/interfaces_deny (mptcp-pmd only) keep their defaults")
+	return b.String()
+}
+
+// writeSection writes the lines to b after a blank line and the header, if
+// any; it writes nothing if there are no lines.
+func writeSection(b *strings.Builder, header string, lines []string) {
+	if len(lines) == 0 {
+		return
 	}
-	section("[filter]", filter)
-	section("[endpoints]", endpoints)
-	if len(none) > 0 {
-		none = append([]string{"# Settings of mptcpd without an equivalent in mptcp-pmd:"}, none...)
+	b.WriteString("\n")
+	if header != "" {
+		b.WriteString(header + "\n")
 	}
-	section("", none)
-	return b.String(), lost
+	for _, l := range lines {
+		b.WriteString(l + "\n")
+	}
 }
 
 // wrapComment makes text a TOML comment of lines up to 78 columns, the
@@ -246,6 +314,7 @@ func splitList(s string) []string {
 	return out
 }
 
+// sortedKeys returns the keys of m in order.
 func sortedKeys(m map[string]mptcpdEntry) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {

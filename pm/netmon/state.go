@@ -37,17 +37,6 @@ type event struct {
 	noRoute bool
 }
 
-// index returns the interface index the event is about.
-func (e *event) index() int {
-	switch e.op {
-	case opNewAddr, opDelAddr:
-		return e.addr.Index
-	case opNewRoute, opDelRoute:
-		return e.route.Index
-	}
-	return e.link.Index
-}
-
 // addrKey identifies an address the way the kernel does: IPv4 by interface,
 // address and prefix length, IPv6 by interface and address.
 type addrKey struct {
