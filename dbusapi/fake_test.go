@@ -13,6 +13,8 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
 
@@ -100,7 +102,7 @@ func (f *fakeBackend) Addresses(context.Context) ([]service.AddressInfo, error) 
 	return slices.Clone(f.addresses), f.addressesErr
 }
 
-func (f *fakeBackend) AddEndpoint(_ context.Context, c service.Caller, e service.Endpoint) (uint8, error) {
+func (f *fakeBackend) AddEndpoint(_ context.Context, c service.Caller, e policy.Endpoint) (uint8, error) {
 	if err := f.record("AddEndpoint", c, e); err != nil {
 		return 0, err
 	}
@@ -111,7 +113,7 @@ func (f *fakeBackend) RemoveEndpoint(_ context.Context, c service.Caller, id uin
 	return f.record("RemoveEndpoint", c, id)
 }
 
-func (f *fakeBackend) SetEndpointFlags(_ context.Context, c service.Caller, id uint8, flags []string) error {
+func (f *fakeBackend) SetEndpointFlags(_ context.Context, c service.Caller, id uint8, flags pm.Flags) error {
 	return f.record("SetEndpointFlags", c, id, flags)
 }
 
@@ -303,9 +305,9 @@ var (
 
 	manager1 = service.Manager{
 		Version: "1.0-test", ControlMode: service.ModeBuiltin, Policy: "endpoints", KernelPathManager: "kernel",
-		Endpoints: []service.Endpoint{
-			{ID: 1, Address: netip.MustParseAddr("10.55.1.1"), Flags: []string{"subflow", "backup"}, Interface: "c1", Origin: service.OriginPolicy},
-			{ID: 2, Address: netip.MustParseAddr("fe80::1"), Port: 1234, Origin: service.OriginExternal},
+		Endpoints: []policy.Endpoint{
+			{Address: pm.Address{ID: 1, Addr: netip.MustParseAddr("10.55.1.1"), Flags: pm.FlagSubflow | pm.FlagBackup}, Interface: "c1", Origin: policy.OriginPolicy},
+			{Address: pm.Address{ID: 2, Addr: netip.MustParseAddr("fe80::1"), Port: 1234}, Origin: policy.OriginExternal},
 		},
 		Limits:         service.Limits{Subflows: 8, AddAddrAccepted: 4},
 		LocalAddresses: []service.LocalAddress{{Interface: "c0", Address: netip.MustParseAddr("10.55.0.1")}},

@@ -10,6 +10,8 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
 
@@ -125,24 +127,28 @@ func checkInterface(field, name string) *dbus.Error {
 	return nil
 }
 
-// Bounds of a flag list: the service knows the words (six, of up to eight
-// letters); the front end only keeps a list from being unreasonably long.
+// Bounds of a flag list: the words are pm's (six, of up to eight letters);
+// the bounds keep a list from being unreasonably long.
 const (
 	maxFlagWords   = 16
 	maxFlagWordLen = 16
 )
 
-// checkFlagWords bounds a list of endpoint flag words.
-func checkFlagWords(words []string) *dbus.Error {
+// parseFlagWords parses a bounded list of endpoint flag words; an unknown
+// word is InvalidArguments naming it.
+func parseFlagWords(words []string) (pm.Flags, *dbus.Error) {
 	if len(words) > maxFlagWords {
-		return invalid("flags: %d words, at most %d", len(words), maxFlagWords)
+		return 0, invalid("flags: %d words, at most %d", len(words), maxFlagWords)
 	}
+	var f pm.Flags
 	for _, w := range words {
-		if len(w) > maxFlagWordLen {
-			return invalid("flags: unknown flag %s", quote(w))
+		b, err := pm.ParseFlags([]string{w})
+		if len(w) > maxFlagWordLen || err != nil {
+			return 0, invalid("flags: unknown flag %s", quote(w))
 		}
+		f |= b
 	}
-	return nil
+	return f, nil
 }
 
 // checkObjectPath checks an object path argument. The bus checks the paths
@@ -200,7 +206,8 @@ func (s *Server) addEndpoint(msg dbus.Message, address string, port uint16, flag
 	if derr != nil {
 		return 0, derr
 	}
-	if derr := checkFlagWords(flags); derr != nil {
+	f, derr := parseFlagWords(flags)
+	if derr != nil {
 		return 0, derr
 	}
 	if derr := checkInterface("interface", iface); derr != nil {
@@ -224,7 +231,8 @@ func (s *Server) addEndpoint(msg dbus.Message, address string, port uint16, flag
 	if derr != nil {
 		return 0, derr
 	}
-	got, err := s.b.AddEndpoint(s.ctx, c, service.Endpoint{ID: id, Address: a, Port: port, Flags: flags, Interface: iface})
+	e := policy.Endpoint{Address: pm.Address{ID: id, Addr: a, Port: port, Flags: f}, Interface: iface}
+	got, err := s.b.AddEndpoint(s.ctx, c, e)
 	if err != nil {
 		return 0, dbusError(err)
 	}
@@ -246,14 +254,15 @@ func (s *Server) setEndpointFlags(msg dbus.Message, id uint8, flags []string) *d
 	if id == 0 {
 		return invalid("endpoint id 0")
 	}
-	if derr := checkFlagWords(flags); derr != nil {
+	f, derr := parseFlagWords(flags)
+	if derr != nil {
 		return derr
 	}
 	c, derr := s.authorize(msg)
 	if derr != nil {
 		return derr
 	}
-	return dbusError(s.b.SetEndpointFlags(s.ctx, c, id, flags))
+	return dbusError(s.b.SetEndpointFlags(s.ctx, c, id, f))
 }
 
 func (s *Server) flushEndpoints(msg dbus.Message) *dbus.Error {

@@ -12,7 +12,7 @@ import (
 	"github.com/mptcp-pmd/mptcp-pmd/introspection"
 )
 
-// Names of the service on the bus (the contract in dbus-api.md).
+// Names of the service on the bus (the contract in docs/dbus-api.md).
 const (
 	BusName                         = "org.mptcp.PathManager1"
 	ManagerPath     dbus.ObjectPath = "/org/mptcp/PathManager1"

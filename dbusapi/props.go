@@ -46,11 +46,7 @@ type (
 func managerProps(m service.Manager) map[string]dbus.Variant {
 	eps := make([]endpointWire, 0, len(m.Endpoints))
 	for _, e := range m.Endpoints {
-		flags := e.Flags
-		if flags == nil {
-			flags = []string{}
-		}
-		eps = append(eps, endpointWire{e.ID, addrString(e.Address), e.Port, flags, e.Interface, e.Origin})
+		eps = append(eps, endpointWire{e.ID, addrString(e.Addr), e.Port, e.Flags.Names(), e.Interface, string(e.Origin)})
 	}
 	las := make([]localAddressWire, 0, len(m.LocalAddresses))
 	for _, a := range m.LocalAddresses {

@@ -18,6 +18,8 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
 
@@ -31,9 +33,9 @@ type Backend interface {
 	// Addresses lists the local addresses with the address filter's verdict.
 	Addresses(ctx context.Context) ([]service.AddressInfo, error)
 
-	AddEndpoint(ctx context.Context, c service.Caller, e service.Endpoint) (uint8, error)
+	AddEndpoint(ctx context.Context, c service.Caller, e policy.Endpoint) (uint8, error)
 	RemoveEndpoint(ctx context.Context, c service.Caller, id uint8) error
-	SetEndpointFlags(ctx context.Context, c service.Caller, id uint8, flags []string) error
+	SetEndpointFlags(ctx context.Context, c service.Caller, id uint8, flags pm.Flags) error
 	FlushEndpoints(ctx context.Context, c service.Caller) error
 	SetLimits(ctx context.Context, c service.Caller, l service.Limits) error
 

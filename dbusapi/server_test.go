@@ -16,7 +16,9 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
 
@@ -327,14 +329,14 @@ func TestMethodsReachBackend(t *testing.T) {
 		reply  []any
 		want   call
 	}{
-		{ManagerPath, "AddEndpoint", []any{"10.55.1.1", uint16(0), []string{"signal", "bogus"}, "c1", uint8(0)}, []any{uint8(42)},
-			call{"AddEndpoint", me, []any{service.Endpoint{Address: ip("10.55.1.1"), Flags: []string{"signal", "bogus"}, Interface: "c1"}}}},
+		{ManagerPath, "AddEndpoint", []any{"10.55.1.1", uint16(0), []string{"signal", "backup"}, "c1", uint8(0)}, []any{uint8(42)},
+			call{"AddEndpoint", me, []any{policy.Endpoint{Address: pm.Address{Addr: ip("10.55.1.1"), Flags: pm.FlagSignal | pm.FlagBackup}, Interface: "c1"}}}},
 		{ManagerPath, "AddEndpoint", []any{"fe80::1%c2", uint16(80), []string{}, "", uint8(9)}, []any{uint8(42)},
-			call{"AddEndpoint", me, []any{service.Endpoint{ID: 9, Address: ip("fe80::1"), Port: 80, Flags: []string{}, Interface: "c2"}}}},
+			call{"AddEndpoint", me, []any{policy.Endpoint{Address: pm.Address{ID: 9, Addr: ip("fe80::1"), Port: 80}, Interface: "c2"}}}},
 		{ManagerPath, "AddEndpoint", []any{"fe80::1%c2", uint16(80), []string{}, "c2", uint8(9)}, []any{uint8(42)},
-			call{"AddEndpoint", me, []any{service.Endpoint{ID: 9, Address: ip("fe80::1"), Port: 80, Flags: []string{}, Interface: "c2"}}}},
+			call{"AddEndpoint", me, []any{policy.Endpoint{Address: pm.Address{ID: 9, Addr: ip("fe80::1"), Port: 80}, Interface: "c2"}}}},
 		{ManagerPath, "RemoveEndpoint", []any{uint8(3)}, nil, call{"RemoveEndpoint", me, []any{uint8(3)}}},
-		{ManagerPath, "SetEndpointFlags", []any{uint8(3), []string{"backup"}}, nil, call{"SetEndpointFlags", me, []any{uint8(3), []string{"backup"}}}},
+		{ManagerPath, "SetEndpointFlags", []any{uint8(3), []string{"backup"}}, nil, call{"SetEndpointFlags", me, []any{uint8(3), pm.FlagBackup}}},
 		{ManagerPath, "FlushEndpoints", nil, nil, call{"FlushEndpoints", me, nil}},
 		{ManagerPath, "SetLimits", []any{uint32(5), uint32(6)}, nil, call{"SetLimits", me, []any{service.Limits{Subflows: 5, AddAddrAccepted: 6}}}},
 		{ManagerPath, "RegisterController", []any{dbus.ObjectPath("/ctl"), map[string]dbus.Variant{}}, nil, call{"RegisterController", me, []any{"/ctl"}}},
@@ -420,6 +422,8 @@ func TestArgumentValidation(t *testing.T) {
 		{"endpoint zone against interface", ManagerPath, "AddEndpoint", []any{"fe80::1%eth0", uint16(0), []string{}, "eth1", uint8(0)}, "eth1"},
 		{"remove endpoint 0", ManagerPath, "RemoveEndpoint", []any{uint8(0)}, "id 0"},
 		{"flags of endpoint 0", ManagerPath, "SetEndpointFlags", []any{uint8(0), []string{"backup"}}, "id 0"},
+		{"endpoint unknown flag word", ManagerPath, "AddEndpoint", []any{"10.55.1.1", uint16(0), []string{"subflow", "bakup"}, "", uint8(0)}, `"bakup"`},
+		{"unknown flag word", ManagerPath, "SetEndpointFlags", []any{uint8(1), []string{"turbo"}}, `"turbo"`},
 		{"controller option", ManagerPath, "RegisterController", []any{dbus.ObjectPath("/ctl"), map[string]dbus.Variant{"b": v(1), "a": v(true)}}, `"a"`},
 		{"announce address", c1, "AnnounceAddress", []any{"not-an-ip", uint16(0), uint8(0)}, "not-an-ip"},
 		{"announce zone", c1, "AnnounceAddress", []any{"fe80::1%eth0", uint16(0), uint8(0)}, "fe80::1%eth0"},

@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-// contract is the API of /work/shared/design/dbus-api.md (version 1), with
+// contract is the API of docs/dbus-api.md (version 1), with
 // its additions: member name to signature ("in->out" for methods). The XML
 // must say the same.
 var contract = map[string]struct {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
 
 // BenchmarkConnection runs a policy's Connection on 1000 client-side
@@ -54,7 +56,7 @@ func BenchmarkEndpoints(b *testing.B) {
 	for i, a := range v.Addresses[:4] {
 		v.Endpoints = append(v.Endpoints, ep(uint8(i+1), a))
 	}
-	v.Endpoints = append(v.Endpoints, Endpoint{ID: 9, Addr: netip.MustParseAddr("10.9.9.9")})
+	v.Endpoints = append(v.Endpoints, Endpoint{Address: pm.Address{ID: 9, Addr: netip.MustParseAddr("10.9.9.9")}})
 	p, err := New(NameEndpoints)
 	if err != nil {
 		b.Fatal(err)

@@ -3,6 +3,8 @@ package policy
 import (
 	"cmp"
 	"slices"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
 
 // NameEndpoints is the name of the in-kernel endpoint policy.
@@ -51,7 +53,7 @@ func (endpoints) Endpoints(v View) []Action {
 
 	// Owned endpoints whose address is gone, and duplicates.
 	for i, e := range v.Endpoints {
-		if !e.Owned {
+		if !e.Owned() {
 			continue
 		}
 		if _, ok := lookup(addrs, e.Addr); !ok || ownedDuplicate(v.Endpoints, i) {
@@ -74,9 +76,9 @@ func (endpoints) Endpoints(v View) []Action {
 		case j >= 0:
 			e := v.Endpoints[j]
 			switch {
-			case e.Ifindex != a.Ifindex || e.Port != 0 || !settable(e.Flags, a.Flags):
+			case int(e.Ifindex) != a.Ifindex || e.Port != 0 || !settable(e.Flags, a.Flags):
 				decisions[i] = readd
-			case !sameFlags(e.Flags, a.Flags):
+			case e.Flags != a.Flags:
 				decisions[i] = setFlag
 			}
 		case foreign:
@@ -91,7 +93,11 @@ func (endpoints) Endpoints(v View) []Action {
 	}
 
 	for i, a := range addrs {
-		want := Endpoint{Addr: key(a.Addr), Flags: a.Flags, Interface: a.Interface, Ifindex: a.Ifindex, Owned: true}
+		want := Endpoint{
+			Address:   pm.Address{Addr: pm.CanonicalAddr(a.Addr), Flags: a.Flags, Ifindex: int32(a.Ifindex)},
+			Interface: a.Interface,
+			Origin:    OriginPolicy,
+		}
 		switch decisions[i] {
 		case setFlag:
 			e := v.Endpoints[owned[i]]
@@ -105,7 +111,7 @@ func (endpoints) Endpoints(v View) []Action {
 		}
 	}
 	byAddr := func(a, b Action) int {
-		return cmp.Or(key(a.Endpoint.Addr).Compare(key(b.Endpoint.Addr)), cmp.Compare(a.Endpoint.ID, b.Endpoint.ID))
+		return cmp.Or(pm.CanonicalAddr(a.Endpoint.Addr).Compare(pm.CanonicalAddr(b.Endpoint.Addr)), cmp.Compare(a.Endpoint.ID, b.Endpoint.ID))
 	}
 	slices.SortFunc(removes, byAddr)
 	return slices.Concat(removes, sets, adds)
@@ -116,15 +122,15 @@ func (endpoints) Endpoints(v View) []Action {
 // covers a, and whether an implicit one does.
 func endpointsOf(eps []Endpoint, a Address) (owned int, foreign, implicit bool) {
 	owned = -1
-	k := key(a.Addr)
+	k := pm.CanonicalAddr(a.Addr)
 	for i, e := range eps {
 		switch {
-		case key(e.Addr) != k:
-		case e.Owned:
+		case pm.CanonicalAddr(e.Addr) != k:
+		case e.Owned():
 			if owned < 0 || e.ID < eps[owned].ID {
 				owned = i
 			}
-		case slices.Contains(e.Flags, FlagImplicit):
+		case e.Flags&pm.FlagImplicit != 0:
 			implicit = true
 		default:
 			foreign = true
@@ -138,43 +144,17 @@ func endpointsOf(eps []Endpoint, a Address) (owned int, foreign, implicit bool) 
 func ownedDuplicate(eps []Endpoint, i int) bool {
 	e := eps[i]
 	for j, o := range eps {
-		if j != i && o.Owned && key(o.Addr) == key(e.Addr) && (o.ID < e.ID || o.ID == e.ID && j < i) {
+		if j != i && o.Owned() && pm.CanonicalAddr(o.Addr) == pm.CanonicalAddr(e.Addr) && (o.ID < e.ID || o.ID == e.ID && j < i) {
 			return true
 		}
 	}
 	return false
 }
 
-// sameFlags reports whether a and b hold the same flag words.
-func sameFlags(a, b []string) bool {
-	for _, w := range a {
-		if !slices.Contains(b, w) {
-			return false
-		}
-	}
-	for _, w := range b {
-		if !slices.Contains(a, w) {
-			return false
-		}
-	}
-	return true
-}
-
 // settable reports whether the kernel's SET_FLAGS turns the flags cur into
 // want: only backup and fullmesh may differ. (The kernel also refuses
 // fullmesh on a signal endpoint, but then want has both, which it refuses on
 // a new endpoint too: better keep the endpoint and let SET_FLAGS fail.)
-func settable(cur, want []string) bool {
-	changeable := func(w string) bool { return w == FlagBackup || w == FlagFullmesh }
-	for _, w := range cur {
-		if !slices.Contains(want, w) && !changeable(w) {
-			return false
-		}
-	}
-	for _, w := range want {
-		if !slices.Contains(cur, w) && !changeable(w) {
-			return false
-		}
-	}
-	return true
+func settable(cur, want pm.Flags) bool {
+	return (cur^want)&^(pm.FlagBackup|pm.FlagFullmesh) == 0
 }

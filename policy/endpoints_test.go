@@ -5,20 +5,26 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
 
 // ep is the endpoint the endpoints policy keeps for a, with id.
 func ep(id uint8, a Address) Endpoint {
-	return Endpoint{ID: id, Addr: a.Addr, Flags: a.Flags, Interface: a.Interface, Ifindex: a.Ifindex, Owned: true}
+	return Endpoint{
+		Address:   pm.Address{ID: id, Addr: a.Addr, Flags: a.Flags, Ifindex: int32(a.Ifindex)},
+		Interface: a.Interface,
+		Origin:    OriginPolicy,
+	}
 }
 
 func addEP(a Address) Action     { return Action{Kind: AddEndpoint, Endpoint: ep(0, a)} }
 func removeEP(e Endpoint) Action { return Action{Kind: RemoveEndpoint, Endpoint: e} }
 
 func TestEndpoints(t *testing.T) {
-	foreign := Endpoint{ID: 5, Addr: c1v4.Addr, Flags: []string{FlagSignal}, Ifindex: 3}
-	implicit := Endpoint{ID: 6, Addr: c1v4.Addr, Flags: []string{FlagImplicit}, Ifindex: 3}
-	gone := ep(4, with(c2v4, FlagSubflow))
+	foreign := Endpoint{Address: pm.Address{ID: 5, Addr: c1v4.Addr, Flags: pm.FlagSignal, Ifindex: 3}, Origin: OriginExternal}
+	implicit := Endpoint{Address: pm.Address{ID: 6, Addr: c1v4.Addr, Flags: pm.FlagImplicit, Ifindex: 3}, Origin: OriginExternal}
+	gone := ep(4, with(c2v4, pm.FlagSubflow))
 	relinked := ep(3, c1v4)
 	relinked.Ifindex = 33
 	withPort := ep(3, c1v4)
@@ -31,7 +37,9 @@ func TestEndpoints(t *testing.T) {
 	for i := range MaxEndpoints {
 		a := Address{Interface: fmt.Sprintf("e%d", i), Ifindex: 10 + i, Addr: netip.AddrFrom4([4]byte{10, 1, byte(i), 1}), Flags: sub}
 		e := ep(uint8(i+1), a)
-		e.Owned = i == 0
+		if i != 0 {
+			e.Origin = OriginExternal
+		}
 		full = append(full, e)
 		if i > 0 {
 			fullAddrs = append(fullAddrs, a)
@@ -58,17 +66,17 @@ func TestEndpoints(t *testing.T) {
 		{"carrier lost: every address gone", View{Endpoints: []Endpoint{ep(2, c1v4), ep(1, c0v4)}},
 			[]Action{removeEP(ep(1, c0v4)), removeEP(ep(2, c1v4))}},
 		{"not owned: covers its address, never removed", View{Addresses: []Address{c1v4},
-			Endpoints: []Endpoint{foreign, {ID: 9, Addr: c2v4.Addr, Flags: sub}}}, nil},
+			Endpoints: []Endpoint{foreign, {Address: pm.Address{ID: 9, Addr: c2v4.Addr, Flags: sub}, Origin: OriginAdmin}}}, nil},
 		{"implicit does not cover", View{Addresses: []Address{c1v4}, Endpoints: []Endpoint{implicit}},
 			[]Action{addEP(c1v4)}},
-		{"backup set in place", View{Addresses: []Address{with(c1v4, FlagSubflow, FlagBackup)}, Endpoints: []Endpoint{ep(3, c1v4)}},
-			[]Action{{Kind: SetEndpointFlags, Endpoint: ep(3, with(c1v4, FlagSubflow, FlagBackup))}}},
-		{"fullmesh cleared in place", View{Addresses: []Address{c1v4}, Endpoints: []Endpoint{ep(3, with(c1v4, FlagFullmesh, FlagSubflow))}},
+		{"backup set in place", View{Addresses: []Address{with(c1v4, pm.FlagSubflow|pm.FlagBackup)}, Endpoints: []Endpoint{ep(3, c1v4)}},
+			[]Action{{Kind: SetEndpointFlags, Endpoint: ep(3, with(c1v4, pm.FlagSubflow|pm.FlagBackup))}}},
+		{"fullmesh cleared in place", View{Addresses: []Address{c1v4}, Endpoints: []Endpoint{ep(3, with(c1v4, pm.FlagFullmesh|pm.FlagSubflow))}},
 			[]Action{{Kind: SetEndpointFlags, Endpoint: ep(3, c1v4)}}},
-		{"flag order does not matter", View{Addresses: []Address{with(c1v4, FlagBackup, FlagSubflow)},
-			Endpoints: []Endpoint{ep(3, with(c1v4, FlagSubflow, FlagBackup))}}, nil},
-		{"subflow to signal: remove and add", View{Addresses: []Address{with(c1v4, FlagSignal)}, Endpoints: []Endpoint{ep(3, c1v4)}},
-			[]Action{removeEP(ep(3, c1v4)), addEP(with(c1v4, FlagSignal))}},
+		{"flag order does not matter", View{Addresses: []Address{with(c1v4, pm.FlagBackup|pm.FlagSubflow)},
+			Endpoints: []Endpoint{ep(3, with(c1v4, pm.FlagSubflow|pm.FlagBackup))}}, nil},
+		{"subflow to signal: remove and add", View{Addresses: []Address{with(c1v4, pm.FlagSignal)}, Endpoints: []Endpoint{ep(3, c1v4)}},
+			[]Action{removeEP(ep(3, c1v4)), addEP(with(c1v4, pm.FlagSignal))}},
 		{"link re-created: remove and add", View{Addresses: []Address{c1v4}, Endpoints: []Endpoint{relinked}},
 			[]Action{removeEP(relinked), addEP(c1v4)}},
 		{"port: remove and add", View{Addresses: []Address{c1v4}, Endpoints: []Endpoint{withPort}},

@@ -1,6 +1,10 @@
 package policy
 
-import "net/netip"
+import (
+	"net/netip"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
+)
 
 // NameFullmesh is the name of the full-mesh policy.
 const NameFullmesh = "fullmesh"
@@ -42,7 +46,7 @@ func (fullmesh) Connection(v View, c Connection) []Action {
 		if !c.sameFamily(a.Addr) || !firstOf(addrs, i) || c.failed(a.Addr) {
 			continue
 		}
-		local := key(a.Addr)
+		local := pm.CanonicalAddr(a.Addr)
 		for j := -1; j < len(c.PeerAddresses) && left > 0; j++ {
 			remote, ok := peer(&c, j)
 			if !ok || joined(&c, local, remote) {
@@ -77,7 +81,7 @@ func peerAt(c *Connection, j int) (netip.AddrPort, bool) {
 	if j >= 0 {
 		return announcedPort(c, j), true
 	}
-	return keyPort(c.Remote), !c.ServerSide
+	return pm.CanonicalAddrPort(c.Remote), !c.ServerSide
 }
 
 // announcedPort returns the peer's j-th announced address with its port,
@@ -88,17 +92,17 @@ func announcedPort(c *Connection, j int) netip.AddrPort {
 	if port == 0 {
 		port = c.Remote.Port()
 	}
-	return netip.AddrPortFrom(key(pa.Addr), port)
+	return netip.AddrPortFrom(pm.CanonicalAddr(pa.Addr), port)
 }
 
 // joined reports whether a subflow (the initial one or another, pending or
 // established) joins local and remote.
 func joined(c *Connection, local netip.Addr, remote netip.AddrPort) bool {
-	if key(c.Local.Addr()) == local && keyPort(c.Remote) == remote {
+	if pm.CanonicalAddr(c.Local.Addr()) == local && pm.CanonicalAddrPort(c.Remote) == remote {
 		return true
 	}
 	for _, s := range c.Subflows {
-		if key(s.Local.Addr()) == local && keyPort(s.Remote) == remote {
+		if pm.CanonicalAddr(s.Local.Addr()) == local && pm.CanonicalAddrPort(s.Remote) == remote {
 			return true
 		}
 	}

@@ -63,8 +63,8 @@ func TestFullmesh(t *testing.T) {
 			createFrom(c1v6, srv6, false),
 			createFrom(c1v6, netip.MustParseAddrPort("[fd00:66::2]:443"), false),
 		}},
-		{"backup from the address's flags", []Address{c0v4, with(c1v4, subBackup...)}, 8, nil,
-			[]Action{createFrom(with(c1v4, subBackup...), srv4, true)}},
+		{"backup from the address's flags", []Address{c0v4, with(c1v4, subBackup)}, 8, nil,
+			[]Action{createFrom(with(c1v4, subBackup), srv4, true)}},
 	}
 	p, err := New(NameFullmesh)
 	if err != nil {

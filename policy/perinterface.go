@@ -1,6 +1,10 @@
 package policy
 
-import "net/netip"
+import (
+	"net/netip"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
+)
 
 // NameSubflowPerInterface is the name of the one-subflow-per-interface
 // policy.
@@ -47,7 +51,7 @@ func (perInterface) Connection(v View, c Connection) []Action {
 	left := room(v.SubflowLimit, extra)
 
 	initialIf := initialInterface(addrs, &c)
-	remote := keyPort(c.Remote)
+	remote := pm.CanonicalAddrPort(c.Remote)
 	for start := 0; start < len(addrs) && left > 0; {
 		end := start + 1
 		for end < len(addrs) && addrs[end].Interface == addrs[start].Interface {
@@ -60,7 +64,7 @@ func (perInterface) Connection(v View, c Connection) []Action {
 		}
 		for i := from; i < to; i++ {
 			a := addrs[i]
-			if c.sameFamily(a.Addr) && key(a.Addr) != key(c.Local.Addr()) && firstOf(addrs, i) && !c.failed(a.Addr) {
+			if c.sameFamily(a.Addr) && pm.CanonicalAddr(a.Addr) != pm.CanonicalAddr(c.Local.Addr()) && firstOf(addrs, i) && !c.failed(a.Addr) {
 				out = append(out, subflowTo(&c, a, remote))
 				left--
 				break
@@ -93,9 +97,9 @@ func served(addrs []Address, from, to int, c *Connection) bool {
 		if c.isInitial(s) {
 			continue
 		}
-		k := key(s.Local.Addr())
+		k := pm.CanonicalAddr(s.Local.Addr())
 		for i := from; i < to; i++ {
-			if key(addrs[i].Addr) == k && firstOf(addrs, i) {
+			if pm.CanonicalAddr(addrs[i].Addr) == k && firstOf(addrs, i) {
 				return true
 			}
 		}
@@ -114,8 +118,8 @@ func announceOthers(addrs []Address, c *Connection) []Action {
 		}
 	}
 	for i, a := range addrs {
-		k := key(a.Addr)
-		if !c.sameFamily(a.Addr) || k == key(c.Local.Addr()) || !firstOf(addrs, i) ||
+		k := pm.CanonicalAddr(a.Addr)
+		if !c.sameFamily(a.Addr) || k == pm.CanonicalAddr(c.Local.Addr()) || !firstOf(addrs, i) ||
 			announced(c.Announced, k) || c.failed(a.Addr) {
 			continue
 		}
@@ -129,7 +133,7 @@ func announceOthers(addrs []Address, c *Connection) []Action {
 
 func announced(list []PeerAddress, k netip.Addr) bool {
 	for _, an := range list {
-		if key(an.Addr) == k {
+		if pm.CanonicalAddr(an.Addr) == k {
 			return true
 		}
 	}

@@ -85,8 +85,8 @@ func TestSubflowPerInterfaceClient(t *testing.T) {
 				c.Subflows = []Subflow{{Local: c.Local, Remote: c.Remote}}
 			},
 			[]Action{createFrom(c1v4, srv4, false), createFrom(c2v4, srv4, false)}},
-		{"backup from the address's flags", []Address{c0v4, with(c1v4, subBackup...)}, 8, nil,
-			[]Action{createFrom(with(c1v4, subBackup...), srv4, true)}},
+		{"backup from the address's flags", []Address{c0v4, with(c1v4, subBackup)}, 8, nil,
+			[]Action{createFrom(with(c1v4, subBackup), srv4, true)}},
 	}
 	p, err := New(NameSubflowPerInterface)
 	if err != nil {

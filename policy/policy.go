@@ -8,22 +8,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
 
 // Path-manager names a policy needs (Policy.PathManager).
 const (
 	PathManagerKernel    = "kernel"
 	PathManagerUserspace = "userspace"
-)
-
-// Endpoint flag words, as in the D-Bus API and the configuration.
-const (
-	FlagSignal   = "signal"
-	FlagSubflow  = "subflow"
-	FlagBackup   = "backup"
-	FlagFullmesh = "fullmesh"
-	FlagImplicit = "implicit"
-	FlagLaminar  = "laminar"
 )
 
 // MaxEndpoints is the number of in-kernel endpoints the kernel keeps per
@@ -37,23 +29,35 @@ type Address struct {
 	Ifindex   int
 	Addr      netip.Addr
 	// Flags are the endpoint flags the configuration gives this address,
-	// such as ["subflow"] or ["subflow", "backup"]. The userspace policies
-	// read "backup" from them.
-	Flags []string
+	// such as subflow or subflow,backup. The userspace policies read
+	// pm.FlagBackup from them.
+	Flags pm.Flags
 }
 
-// Endpoint is an in-kernel path-manager endpoint.
+// Origin says who made an in-kernel endpoint.
+type Origin string
+
+// Endpoint origins.
+const (
+	OriginPolicy     Origin = "policy"     // made by the built-in policy
+	OriginAdmin      Origin = "admin"      // made by a privileged caller over the API
+	OriginController Origin = "controller" // made by the registered controller
+	OriginExternal   Origin = "external"   // found in the kernel, made by someone else
+)
+
+// Endpoint is an in-kernel path-manager endpoint as the daemon knows it:
+// the kernel's address (id, address, port, flags and the ifindex it is
+// bound to, 0 for none), the name of that interface, and who made it. The
+// service, the policies and the front ends all use this one type.
 type Endpoint struct {
-	ID        uint8
-	Addr      netip.Addr
-	Port      uint16
-	Flags     []string
-	Interface string // for logs; the policies compare Ifindex
-	Ifindex   int    // as the kernel reports it (0 = not bound to a device)
-	// Owned says the built-in policy made the endpoint. A policy never
-	// removes or changes an endpoint that is not owned.
-	Owned bool
+	pm.Address
+	Interface string // the name of Address.Ifindex; "" = none or unknown (the policies compare Ifindex)
+	Origin    Origin
 }
+
+// Owned reports whether the built-in policy made the endpoint. A policy
+// never removes or changes an endpoint that is not owned.
+func (e Endpoint) Owned() bool { return e.Origin == OriginPolicy }
 
 // Subflow is a subflow of a connection.
 type Subflow struct {
@@ -158,7 +162,7 @@ func (a Action) String() string {
 	switch a.Kind {
 	case AddEndpoint, RemoveEndpoint, SetEndpointFlags:
 		e := a.Endpoint
-		return fmt.Sprintf("%v id %d %v [%s] dev %q", a.Kind, e.ID, e.Addr, strings.Join(e.Flags, ","), e.Interface)
+		return fmt.Sprintf("%v id %d %v [%s] dev %q", a.Kind, e.ID, e.Addr, e.Flags, e.Interface)
 	case CreateSubflow, DestroySubflow:
 		return fmt.Sprintf("%v token %d %v -> %v dev %q backup %t", a.Kind, a.Token,
 			netip.AddrPortFrom(a.Local, a.LocalPort), a.Remote, a.Interface, a.Backup)
@@ -231,25 +235,8 @@ func Names() []string {
 	return names
 }
 
-// key is the form of an address the policies compare: IPv4-mapped addresses
-// as IPv4, without zone.
-func key(a netip.Addr) netip.Addr {
-	if a.Is4In6() {
-		return a.Unmap()
-	}
-	if a.Zone() != "" {
-		return a.WithZone("")
-	}
-	return a
-}
-
-// keyPort is key for an address and port.
-func keyPort(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(key(ap.Addr()), ap.Port())
-}
-
 func compareAddresses(a, b Address) int {
-	return cmp.Or(cmp.Compare(a.Interface, b.Interface), key(a.Addr).Compare(key(b.Addr)))
+	return cmp.Or(cmp.Compare(a.Interface, b.Interface), pm.CanonicalAddr(a.Addr).Compare(pm.CanonicalAddr(b.Addr)))
 }
 
 // sortedAddresses returns addrs sorted by interface and address, without
@@ -266,9 +253,9 @@ func sortedAddresses(addrs []Address) []Address {
 // firstOf reports whether addrs[i] is the first entry of its address (an
 // address on two interfaces counts once).
 func firstOf(addrs []Address, i int) bool {
-	k := key(addrs[i].Addr)
+	k := pm.CanonicalAddr(addrs[i].Addr)
 	for _, a := range addrs[:i] {
-		if key(a.Addr) == k {
+		if pm.CanonicalAddr(a.Addr) == k {
 			return false
 		}
 	}
@@ -277,9 +264,9 @@ func firstOf(addrs []Address, i int) bool {
 
 // lookup returns the first usable address equal to a.
 func lookup(addrs []Address, a netip.Addr) (Address, bool) {
-	k := key(a)
+	k := pm.CanonicalAddr(a)
 	for _, x := range addrs {
-		if key(x.Addr) == k {
+		if pm.CanonicalAddr(x.Addr) == k {
 			return x, true
 		}
 	}
@@ -288,9 +275,9 @@ func lookup(addrs []Address, a netip.Addr) (Address, bool) {
 
 // failed reports whether local address a is in c.Failed.
 func (c *Connection) failed(a netip.Addr) bool {
-	k := key(a)
+	k := pm.CanonicalAddr(a)
 	for _, f := range c.Failed {
-		if key(f.Addr()) == k {
+		if pm.CanonicalAddr(f.Addr()) == k {
 			return true
 		}
 	}
@@ -299,13 +286,13 @@ func (c *Connection) failed(a netip.Addr) bool {
 
 // isInitial reports whether s is the connection's initial subflow.
 func (c *Connection) isInitial(s Subflow) bool {
-	return keyPort(s.Local) == keyPort(c.Local) && keyPort(s.Remote) == keyPort(c.Remote)
+	return pm.CanonicalAddrPort(s.Local) == pm.CanonicalAddrPort(c.Local) && pm.CanonicalAddrPort(s.Remote) == pm.CanonicalAddrPort(c.Remote)
 }
 
 // sameFamily reports whether a has the family of the connection (IPv4 or
 // IPv6 after unmapping).
 func (c *Connection) sameFamily(a netip.Addr) bool {
-	return key(a).Is4() == key(c.Remote.Addr()).Is4()
+	return pm.CanonicalAddr(a).Is4() == pm.CanonicalAddr(c.Remote.Addr()).Is4()
 }
 
 // staleSubflows appends a DestroySubflow for every established subflow but
@@ -340,7 +327,7 @@ func room(limit uint32, extra int) int {
 func subflowTo(c *Connection, a Address, remote netip.AddrPort) Action {
 	return Action{
 		Kind: CreateSubflow, Token: c.Token,
-		Local: key(a.Addr), Interface: a.Interface, Ifindex: a.Ifindex,
-		Backup: slices.Contains(a.Flags, FlagBackup), Remote: remote,
+		Local: pm.CanonicalAddr(a.Addr), Interface: a.Interface, Ifindex: a.Ifindex,
+		Backup: a.Flags&pm.FlagBackup != 0, Remote: remote,
 	}
 }

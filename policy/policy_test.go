@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
 
 func TestRegistry(t *testing.T) {
@@ -60,7 +62,7 @@ func TestNoneDoesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := View{Addresses: []Address{c0v4, c1v4}, Endpoints: []Endpoint{{ID: 1, Addr: c2v4.Addr, Owned: true}}, SubflowLimit: 8}
+	v := View{Addresses: []Address{c0v4, c1v4}, Endpoints: []Endpoint{{Address: pm.Address{ID: 1, Addr: c2v4.Addr}, Origin: OriginPolicy}}, SubflowLimit: 8}
 	if got := slices.Concat(p.Endpoints(v), p.Connection(v, client4())); len(got) != 0 {
 		t.Errorf("none acted: %v", got)
 	}
@@ -87,7 +89,7 @@ func TestActionString(t *testing.T) {
 		a    Action
 		want string
 	}{
-		{Action{Kind: AddEndpoint, Endpoint: Endpoint{Addr: c1v4.Addr, Flags: subBackup, Interface: "c1"}},
+		{Action{Kind: AddEndpoint, Endpoint: Endpoint{Address: pm.Address{Addr: c1v4.Addr, Flags: subBackup}, Interface: "c1"}},
 			`add-endpoint id 0 10.55.1.1 [subflow,backup] dev "c1"`},
 		{createFrom(c1v4, srv4, true), `create-subflow token 7 10.55.1.1:0 -> 10.55.0.2:8080 dev "c1" backup true`},
 		{Action{Kind: Withdraw, Token: 7, ID: 3, Local: c1v6.Addr, LocalPort: 80},
@@ -103,7 +105,7 @@ func TestActionString(t *testing.T) {
 
 func TestKeyUnmaps(t *testing.T) {
 	mapped := netip.MustParseAddr("::ffff:10.55.0.1")
-	if key(mapped) != c0v4.Addr || key(netip.MustParseAddr("fe80::1%c0")) != netip.MustParseAddr("fe80::1") {
+	if pm.CanonicalAddr(mapped) != c0v4.Addr || pm.CanonicalAddr(netip.MustParseAddr("fe80::1%c0")) != netip.MustParseAddr("fe80::1") {
 		t.Errorf("key does not unmap or drop the zone")
 	}
 }

@@ -6,14 +6,16 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
 
 // This file has the fixtures, a small simulator of what the service and the
 // kernel do with the actions, and the convergence property tests.
 
 var (
-	sub       = []string{FlagSubflow}
-	subBackup = []string{FlagSubflow, FlagBackup}
+	sub       = pm.FlagSubflow
+	subBackup = pm.FlagSubflow | pm.FlagBackup
 
 	c0v4 = Address{Interface: "c0", Ifindex: 2, Addr: netip.MustParseAddr("10.55.0.1"), Flags: sub}
 	c1v4 = Address{Interface: "c1", Ifindex: 3, Addr: netip.MustParseAddr("10.55.1.1"), Flags: sub}
@@ -30,7 +32,7 @@ var (
 func ap(a Address, p uint16) netip.AddrPort { return netip.AddrPortFrom(a.Addr, p) }
 
 // with returns a copy of a with other flags.
-func with(a Address, flags ...string) Address {
+func with(a Address, flags pm.Flags) Address {
 	a.Flags = flags
 	return a
 }
@@ -97,41 +99,31 @@ func (w *world) applyEndpoint(t *testing.T, a Action) {
 		switch {
 		case i < 0:
 			t.Fatalf("%v: no endpoint %d", a, a.Endpoint.ID)
-		case !eps[i].Owned:
+		case !eps[i].Owned():
 			t.Fatalf("%v: touches an endpoint the policy does not own", a)
 		case a.Kind == RemoveEndpoint:
 			w.v.Endpoints = slices.Delete(eps, i, i+1)
 		default: // the kernel changes backup and fullmesh only
-			if slices.Contains(a.Endpoint.Flags, FlagFullmesh) && slices.Contains(eps[i].Flags, FlagSignal) {
+			if a.Endpoint.Flags&pm.FlagFullmesh != 0 && eps[i].Flags&pm.FlagSignal != 0 {
 				t.Fatalf("%v: the kernel refuses fullmesh on a signal endpoint", a)
 			}
-			var flags []string
-			for _, f := range eps[i].Flags {
-				if f != FlagBackup && f != FlagFullmesh {
-					flags = append(flags, f)
-				}
-			}
-			for _, f := range a.Endpoint.Flags {
-				if f == FlagBackup || f == FlagFullmesh {
-					flags = append(flags, f)
-				}
-			}
-			eps[i].Flags = flags
+			const changeable = pm.FlagBackup | pm.FlagFullmesh
+			eps[i].Flags = eps[i].Flags&^changeable | a.Endpoint.Flags&changeable
 		}
 		return
 	}
 	e := a.Endpoint
-	if e.ID != 0 || !e.Owned {
+	if e.ID != 0 || !e.Owned() {
 		t.Fatalf("%v: want id 0 and owned", a)
 	}
 	if _, ok := lookup(w.v.Addresses, e.Addr); !ok {
 		t.Fatalf("%v: address not usable", a)
 	}
-	if slices.Contains(e.Flags, FlagSignal) && slices.Contains(e.Flags, FlagFullmesh) {
+	if e.Flags&pm.FlagSignal != 0 && e.Flags&pm.FlagFullmesh != 0 {
 		t.Fatalf("%v: the kernel refuses signal with fullmesh", a)
 	}
-	if j := slices.IndexFunc(eps, func(o Endpoint) bool { return key(o.Addr) == key(e.Addr) }); j >= 0 {
-		if eps[j].Owned || !slices.Contains(eps[j].Flags, FlagImplicit) {
+	if j := slices.IndexFunc(eps, func(o Endpoint) bool { return pm.CanonicalAddr(o.Addr) == pm.CanonicalAddr(e.Addr) }); j >= 0 {
+		if eps[j].Owned() || eps[j].Flags&pm.FlagImplicit == 0 {
 			t.Fatalf("%v: the kernel refuses a second endpoint for %v", a, e.Addr)
 		}
 		e.ID = eps[j].ID // the kernel replaces an implicit endpoint
@@ -161,7 +153,7 @@ func (w *world) applyConnection(t *testing.T, a Action) {
 		if _, ok := lookup(w.v.Addresses, a.Local); !ok || !c.sameFamily(a.Local) || !c.sameFamily(a.Remote.Addr()) {
 			t.Fatalf("%v: local address not usable or family differs", a)
 		}
-		if joined(c, key(a.Local), keyPort(a.Remote)) {
+		if joined(c, pm.CanonicalAddr(a.Local), pm.CanonicalAddrPort(a.Remote)) {
 			t.Fatalf("%v: duplicate subflow in %+v", a, *c)
 		}
 		c.Subflows = append(c.Subflows, Subflow{Local: netip.AddrPortFrom(a.Local, a.LocalPort),
@@ -178,7 +170,7 @@ func (w *world) applyConnection(t *testing.T, a Action) {
 		}
 		c.Subflows = slices.Delete(c.Subflows, i, i+1)
 	case Announce:
-		if a.ID != 0 || announced(c.Announced, key(a.Local)) {
+		if a.ID != 0 || announced(c.Announced, pm.CanonicalAddr(a.Local)) {
 			t.Fatalf("%v: want id 0 and an address not yet announced", a)
 		}
 		if _, ok := lookup(w.v.Addresses, a.Local); !ok {
@@ -243,12 +235,12 @@ func addrPool() []Address {
 	return pool
 }
 
-var flagChoices = [][]string{
-	{FlagSubflow}, {FlagSubflow, FlagBackup}, {FlagBackup, FlagSubflow}, {FlagSignal},
-	{FlagSignal, FlagBackup}, {FlagSubflow, FlagFullmesh}, {FlagSubflow, FlagFullmesh, FlagBackup}, {},
+var flagChoices = []pm.Flags{
+	pm.FlagSubflow, pm.FlagSubflow | pm.FlagBackup, pm.FlagBackup | pm.FlagSubflow, pm.FlagSignal,
+	pm.FlagSignal | pm.FlagBackup, pm.FlagSubflow | pm.FlagFullmesh, pm.FlagSubflow | pm.FlagFullmesh | pm.FlagBackup, 0,
 }
 
-func (g gen) flags() []string { return flagChoices[g.r.IntN(len(flagChoices))] }
+func (g gen) flags() pm.Flags { return flagChoices[g.r.IntN(len(flagChoices))] }
 
 func (g gen) view() View {
 	var v View
@@ -272,15 +264,18 @@ func (g gen) view() View {
 		if len(v.Endpoints) == MaxEndpoints || g.r.IntN(3) != 0 {
 			continue
 		}
-		e := Endpoint{ID: uint8(10 + i), Addr: a.Addr, Flags: g.flags(), Ifindex: a.Ifindex, Owned: g.r.IntN(2) == 0}
+		e := Endpoint{Address: pm.Address{ID: uint8(10 + i), Addr: a.Addr, Flags: g.flags(), Ifindex: int32(a.Ifindex)}, Origin: OriginExternal}
+		if g.r.IntN(2) == 0 {
+			e.Origin = OriginPolicy
+		}
 		switch g.r.IntN(8) {
 		case 0:
 			e.Ifindex = 42 // the link was re-created
 		case 1:
 			e.Port = 1234
 		case 2:
-			if !e.Owned {
-				e.Flags = []string{FlagImplicit}
+			if !e.Owned() {
+				e.Flags = pm.FlagImplicit
 			}
 		}
 		v.Endpoints = append(v.Endpoints, e)
@@ -319,7 +314,7 @@ func (g gen) connection(v View) Connection {
 		if r.Port() == 0 {
 			r = netip.AddrPortFrom(r.Addr(), c.Remote.Port())
 		}
-		if joined(&c, key(l.Addr), keyPort(r)) {
+		if joined(&c, pm.CanonicalAddr(l.Addr), pm.CanonicalAddrPort(r)) {
 			continue
 		}
 		s := Subflow{Local: netip.AddrPortFrom(l.Addr, uint16(41000+len(c.Subflows))), Remote: r, Interface: l.Interface}

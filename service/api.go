@@ -3,12 +3,15 @@ package service
 import (
 	"errors"
 	"net/netip"
+
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 )
 
 // This file is the boundary between the service loop and its front ends
 // (dbusapi, tests): the read-only state snapshots the service hands out, the
 // notifications it publishes, and the errors its requests return. It uses
-// only plain types, so a front end needs neither pm nor a kernel.
+// the core's own types (pm's vocabulary and policy.Endpoint), so a front end
+// needs no kernel.
 
 // Errors returned by the service's request methods. Every error a request
 // returns matches exactly one of these with errors.Is; a kernel refusal keeps
@@ -31,14 +34,6 @@ const (
 	ModeController = "controller"
 )
 
-// Endpoint origins (Endpoint.Origin).
-const (
-	OriginPolicy     = "policy"     // made by the built-in policy
-	OriginAdmin      = "admin"      // made by a privileged caller over the API
-	OriginController = "controller" // made by the registered controller
-	OriginExternal   = "external"   // found in the kernel, made by someone else
-)
-
 // Connection states (Connection.State).
 const (
 	StateCreated     = "created"
@@ -51,20 +46,10 @@ type Manager struct {
 	ControlMode       string // ModeBuiltin or ModeController
 	Controller        string // unique bus name of the controller, "" if none
 	Policy            string
-	KernelPathManager string // "kernel" or "userspace"
-	Endpoints         []Endpoint
+	KernelPathManager string            // "kernel" or "userspace"
+	Endpoints         []policy.Endpoint // sorted by id
 	Limits            Limits
 	LocalAddresses    []LocalAddress
-}
-
-// Endpoint is an in-kernel path-manager endpoint.
-type Endpoint struct {
-	ID        uint8
-	Address   netip.Addr
-	Port      uint16
-	Flags     []string // flag words: signal, subflow, backup, fullmesh, implicit, laminar
-	Interface string   // "" = none
-	Origin    string   // OriginPolicy, OriginAdmin, OriginController, OriginExternal
 }
 
 // Limits are the in-kernel path manager's limits.

@@ -12,7 +12,8 @@ import (
 // event's own notification (SubflowEvent, AddressAnnounced, AddressRemoved)
 // first and then, if the connection's state changed, ConnectionChanged.
 //
-// Quirks of the kernel (kernel-notes.md) and what is done about them:
+// Quirks of the kernel (docs/kernel-notes.md, "Event order") and what is
+// done about them:
 //   - ESTABLISHED after CLOSED for the same token: dropped, as long as the
 //     token is among the last recentClosed closed ones.
 //   - ESTABLISHED for an unknown token that did not close recently: the

@@ -1,6 +1,10 @@
 package service
 
-import "net/netip"
+import (
+	"net/netip"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
+)
 
 // idManager gives local addresses their MPTCP address ids for the userspace
 // path manager: the same address always gets the same id, across
@@ -29,10 +33,9 @@ func newIDManager() *idManager {
 	return &idManager{byAddr: make(map[netip.AddrPort]uint8), next: 1}
 }
 
-// idKey is the form ids are kept under: no zone, IPv4-mapped IPv6 addresses
-// as IPv4.
+// idKey is the form ids are kept under: pm's canonical address form.
 func idKey(a netip.Addr, port uint16) netip.AddrPort {
-	return netip.AddrPortFrom(a.WithZone("").Unmap(), port)
+	return pm.CanonicalAddrPort(netip.AddrPortFrom(a, port))
 }
 
 // id returns the id of the address and port, giving them one if they have

@@ -15,7 +15,7 @@ import (
 // ListenerFactory opens a listening MPTCP socket on addr (port 0 = let the
 // kernel choose). The service keeps one open behind every address it
 // announces: the kernel refuses a peer's join to an announced address that
-// has no listener (kernel-notes.md).
+// has no listener (docs/kernel-notes.md, "Listener behind an announced address").
 type ListenerFactory func(addr netip.AddrPort) (net.Listener, error)
 
 // ListenMPTCP is the default ListenerFactory: an MPTCP TCP listener in the

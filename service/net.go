@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/policy"
 )
 
@@ -134,18 +135,18 @@ func (n *netState) linkName(i int32) string {
 	return n.links[int(i)].Name
 }
 
-// linkIndex returns the index of the link named name.
 // hasAddr reports whether a is configured on one of the host's links.
 func (n *netState) hasAddr(a netip.Addr) bool {
-	a = a.Unmap().WithZone("")
+	a = pm.CanonicalAddr(a)
 	for k := range n.addrs {
-		if k.addr.Unmap() == a {
+		if pm.CanonicalAddr(k.addr) == a {
 			return true
 		}
 	}
 	return false
 }
 
+// linkIndex returns the index of the link named name.
 func (n *netState) linkIndex(name string) (int32, bool) {
 	for _, l := range n.links {
 		if l.Name == name {

@@ -71,21 +71,13 @@ type failure struct {
 // tuple is a subflow's 4-tuple as the kernel reports it.
 type tuple struct{ local, remote netip.AddrPort }
 
-// polKey gives an address the form the policies compare: IPv4-mapped as
-// IPv4, no zone.
-func polKey(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
-
-func polKeyPort(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(polKey(ap.Addr()), ap.Port())
-}
-
 // acting reports whether the built-in policy acts now.
 func (s *Service) acting() bool { return s.ctl == nil && s.synced }
 
 // view returns what the policy decides on. The slices are shared: the
 // policies do not change them.
 func (s *Service) view() policy.View {
-	return policy.View{Addresses: s.usable, Endpoints: s.polEps, SubflowLimit: s.limits.Subflows}
+	return policy.View{Addresses: s.usable, Endpoints: s.endpoints, SubflowLimit: s.limits.Subflows}
 }
 
 // checkPathManager says, at start and reload, when the policy needs the
@@ -131,14 +123,14 @@ func (s *Service) reconcileEndpoints() {
 	}
 	s.refreshEndpoints(nil)
 	acts := s.pol.Endpoints(s.view())
-	var edits []func([]endpoint) []endpoint
+	var edits []func([]policy.Endpoint) []policy.Endpoint
 	for _, a := range acts {
 		if edit := s.endpointAction(a); edit != nil {
 			edits = append(edits, edit)
 		}
 	}
 	if len(edits) > 0 {
-		s.refreshEndpoints(func(eps []endpoint) []endpoint {
+		s.refreshEndpoints(func(eps []policy.Endpoint) []policy.Endpoint {
 			for _, edit := range edits {
 				eps = edit(eps)
 			}
@@ -149,34 +141,28 @@ func (s *Service) reconcileEndpoints() {
 
 // ownedEndpoint reports whether the endpoint with the id is the policy's.
 func (s *Service) ownedEndpoint(id uint8) bool {
-	return slices.ContainsFunc(s.endpoints, func(e endpoint) bool { return e.addr.ID == id && e.origin == OriginPolicy })
+	return slices.ContainsFunc(s.endpoints, func(e policy.Endpoint) bool { return e.ID == id && e.Owned() })
 }
 
 // endpointAction carries out one endpoint action and returns the edit of
 // the known endpoints it made, or nil if the kernel refused.
-func (s *Service) endpointAction(a policy.Action) func([]endpoint) []endpoint {
+func (s *Service) endpointAction(a policy.Action) func([]policy.Endpoint) []policy.Endpoint {
 	e := a.Endpoint
-	flags, err := pm.ParseFlags(e.Flags)
-	if err != nil {
-		s.log.Warn("policy: bad endpoint flags", "action", a.String(), "err", err)
-		return nil
-	}
 	switch a.Kind {
 	case policy.AddEndpoint:
-		addr := pm.Address{ID: e.ID, Addr: e.Addr, Port: e.Port, Flags: flags, Ifindex: int32(e.Ifindex)}
-		id, err := s.k.AddEndpoint(addr)
+		id, err := s.k.AddEndpoint(e.Address)
 		if err != nil {
 			s.log.Warn("policy: the kernel refused an endpoint", "action", a.String(), "err", err)
 			return nil
 		}
 		// An implicit endpoint of the address is replaced and keeps its
 		// id: the id is the policy's now.
-		addr.ID = id
-		s.origins[keyOf(addr)] = OriginPolicy
-		s.log.Info("policy: endpoint added", "id", id, "addr", e.Addr, "flags", flags.String(), "interface", e.Interface)
-		return func(eps []endpoint) []endpoint {
-			eps = slices.DeleteFunc(eps, func(x endpoint) bool { return x.addr.ID == id })
-			return append(eps, endpoint{addr: addr, origin: OriginPolicy})
+		e.ID, e.Origin = id, policy.OriginPolicy
+		s.origins[keyOf(e.Address)] = e.Origin
+		s.log.Info("policy: endpoint added", "id", id, "addr", e.Addr, "flags", e.Flags.String(), "interface", e.Interface)
+		return func(eps []policy.Endpoint) []policy.Endpoint {
+			eps = slices.DeleteFunc(eps, func(x policy.Endpoint) bool { return x.ID == id })
+			return append(eps, e)
 		}
 	case policy.RemoveEndpoint, policy.SetEndpointFlags:
 		if !s.ownedEndpoint(e.ID) { // policies never ask this; a guard
@@ -189,19 +175,19 @@ func (s *Service) endpointAction(a policy.Action) func([]endpoint) []endpoint {
 				return nil
 			}
 			s.log.Info("policy: endpoint removed", "id", e.ID, "addr", e.Addr)
-			return func(eps []endpoint) []endpoint {
-				return slices.DeleteFunc(eps, func(x endpoint) bool { return x.addr.ID == e.ID })
+			return func(eps []policy.Endpoint) []policy.Endpoint {
+				return slices.DeleteFunc(eps, func(x policy.Endpoint) bool { return x.ID == e.ID })
 			}
 		}
-		if err := s.k.SetEndpointFlags(e.ID, flags); err != nil {
+		if err := s.k.SetEndpointFlags(e.ID, e.Flags); err != nil {
 			s.log.Warn("policy: the kernel refused endpoint flags", "action", a.String(), "err", err)
 			return nil
 		}
-		s.log.Info("policy: endpoint flags set", "id", e.ID, "addr", e.Addr, "flags", flags.String())
-		return func(eps []endpoint) []endpoint {
+		s.log.Info("policy: endpoint flags set", "id", e.ID, "addr", e.Addr, "flags", e.Flags.String())
+		return func(eps []policy.Endpoint) []policy.Endpoint {
 			for i := range eps {
-				if eps[i].addr.ID == e.ID {
-					eps[i].addr.Flags = flags
+				if eps[i].ID == e.ID {
+					eps[i].Flags = e.Flags
 				}
 			}
 			return eps
@@ -216,21 +202,21 @@ func (s *Service) endpointAction(a policy.Action) func([]endpoint) []endpoint {
 func (s *Service) removeOwnedEndpoints() {
 	var gone []uint8
 	for _, e := range s.endpoints {
-		if e.origin != OriginPolicy {
+		if !e.Owned() {
 			continue
 		}
-		if err := s.k.DeleteEndpoint(e.addr.ID); err != nil {
-			s.log.Warn("removing the policy's endpoint", "id", e.addr.ID, "addr", e.addr.Addr, "err", err)
+		if err := s.k.DeleteEndpoint(e.ID); err != nil {
+			s.log.Warn("removing the policy's endpoint", "id", e.ID, "addr", e.Addr, "err", err)
 			continue
 		}
-		gone = append(gone, e.addr.ID)
+		gone = append(gone, e.ID)
 	}
 	if len(gone) == 0 {
 		return
 	}
 	s.log.Info("removed the policy's endpoints", "ids", fmt.Sprint(gone))
-	s.refreshEndpoints(func(eps []endpoint) []endpoint {
-		return slices.DeleteFunc(eps, func(e endpoint) bool { return slices.Contains(gone, e.addr.ID) })
+	s.refreshEndpoints(func(eps []policy.Endpoint) []policy.Endpoint {
+		return slices.DeleteFunc(eps, func(e policy.Endpoint) bool { return slices.Contains(gone, e.ID) })
 	})
 }
 
@@ -300,7 +286,7 @@ func (s *Service) policyConn(c *conn) policy.Connection {
 func (s *Service) connAction(c *conn, a policy.Action) {
 	switch a.Kind {
 	case policy.CreateSubflow:
-		local := polKey(a.Local)
+		local := pm.CanonicalAddr(a.Local)
 		la := pm.Address{ID: s.ids.id(local, 0), Addr: local, Ifindex: int32(a.Ifindex)}
 		if a.Backup {
 			la.Flags = pm.FlagBackup
@@ -311,7 +297,7 @@ func (s *Service) connAction(c *conn, a policy.Action) {
 		}
 		now := s.now()
 		c.pending = append(c.pending, pendingSubflow{
-			local: local, remote: polKeyPort(a.Remote), iface: a.Interface, backup: a.Backup, requested: now,
+			local: local, remote: pm.CanonicalAddrPort(a.Remote), iface: a.Interface, backup: a.Backup, requested: now,
 		})
 		s.armRetry(now.Add(s.pendingTO))
 		s.log.Debug("policy: subflow requested", "token", c.token, "local", local, "remote", a.Remote, "interface", a.Interface)
@@ -347,7 +333,7 @@ func (s *Service) refused(c *conn, a policy.Action, err error) {
 // fail starts or lengthens the backoff of local address addr on c.
 func (s *Service) fail(c *conn, addr netip.Addr) {
 	now := s.now()
-	k := polKey(addr)
+	k := pm.CanonicalAddr(addr)
 	i := slices.IndexFunc(c.failures, func(f failure) bool { return f.addr == k })
 	if i < 0 {
 		c.failures = append(c.failures, failure{addr: k})
@@ -431,7 +417,7 @@ func (s *Service) retryDue() {
 // SUB_ESTABLISHED or SUB_CLOSED for the 4-tuple t; established says
 // whether the service knew the subflow established.
 func (s *Service) subflowNews(c *conn, typ pm.EventType, t tuple, established bool) {
-	lk, rk := polKey(t.local.Addr()), polKeyPort(t.remote)
+	lk, rk := pm.CanonicalAddr(t.local.Addr()), pm.CanonicalAddrPort(t.remote)
 	p := slices.IndexFunc(c.pending, func(p pendingSubflow) bool { return p.local == lk && p.remote == rk })
 	switch typ {
 	case pm.EventSubEstablished:

@@ -12,6 +12,7 @@ import (
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 )
 
 // The host the policy tests run on: interface ci (index i+2) has
@@ -106,8 +107,8 @@ func (h *harness) endpoints() []string {
 	}
 	var out, inKernel []string
 	for _, e := range m.Endpoints {
-		out = append(out, fmt.Sprintf("%s [%s] %s %s", e.Address, strings.Join(e.Flags, ","), e.Interface, e.Origin))
-		inKernel = append(inKernel, fmt.Sprintf("%d %s %s", e.ID, e.Address, strings.Join(e.Flags, ",")))
+		out = append(out, fmt.Sprintf("%s [%s] %s %s", e.Addr, e.Flags, e.Interface, e.Origin))
+		inKernel = append(inKernel, fmt.Sprintf("%d %s %s", e.ID, e.Addr, e.Flags))
 	}
 	var want []string
 	for _, e := range kernel {
@@ -127,7 +128,7 @@ func (h *harness) endpointID(addr string) uint8 {
 		h.t.Fatal(err)
 	}
 	for _, e := range m.Endpoints {
-		if e.Address.String() == addr {
+		if e.Addr.String() == addr {
 			return e.ID
 		}
 	}
@@ -192,7 +193,7 @@ func TestEndpointsPolicy(t *testing.T) {
 	sameStrings(t, "endpoints after sync", h.endpoints(), without("192.0.2.7"))
 
 	// An administrator's endpoint, for an address that is not usable.
-	if _, err := h.s.AddEndpoint(bg, admin, Endpoint{Address: netip.MustParseAddr("192.0.2.7"), Flags: []string{"signal"}}); err != nil {
+	if _, err := h.s.AddEndpoint(bg, admin, policy.Endpoint{Address: pm.Address{Addr: netip.MustParseAddr("192.0.2.7"), Flags: pm.FlagSignal}}); err != nil {
 		t.Fatal(err)
 	}
 	sameStrings(t, "endpoints after an admin's add", h.endpoints(), all)

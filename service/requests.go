@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 )
 
 // errStopped is the cause of a request made when the loop no longer runs.
@@ -101,34 +102,31 @@ func (s *Service) ConnectionByToken(ctx context.Context, token uint32) (uint64, 
 }
 
 // AddEndpoint adds an in-kernel path-manager endpoint and returns its id.
-// e.ID 0 lets the kernel choose; e.Origin is ignored (the endpoint's origin
-// is controller when the controller asks, else admin). An address with a
-// zone and no e.Interface uses the zone as the interface.
-func (s *Service) AddEndpoint(ctx context.Context, c Caller, e Endpoint) (uint8, error) {
+// e.ID 0 lets the kernel choose; e.Ifindex and e.Origin are ignored (the
+// interface is e.Interface, and the endpoint's origin is controller when
+// the controller asks, else admin). An address with a zone and no
+// e.Interface uses the zone as the interface.
+func (s *Service) AddEndpoint(ctx context.Context, c Caller, e policy.Endpoint) (uint8, error) {
 	const op = "add endpoint"
 	return call(ctx, s, op, func() (uint8, error) {
 		origin, err := s.authorize(op, c)
 		if err != nil {
 			return 0, err
 		}
-		flags, err := parseFlags(op, e.Flags)
+		addr, ifindex, err := s.addrAndLink(op, e.Addr, e.Interface)
 		if err != nil {
 			return 0, err
 		}
-		addr, ifindex, err := s.addrAndLink(op, e.Address, e.Interface)
-		if err != nil {
-			return 0, err
-		}
-		a := pm.Address{ID: e.ID, Addr: addr, Port: e.Port, Flags: flags, Ifindex: ifindex}
-		id, err := s.k.AddEndpoint(a)
+		e.Addr, e.Ifindex, e.Origin = addr, ifindex, origin
+		id, err := s.k.AddEndpoint(e.Address)
 		if err != nil {
 			return 0, wrapErr(op, err)
 		}
-		a.ID = id
-		s.origins[keyOf(a)] = origin
-		s.refreshEndpoints(func(eps []endpoint) []endpoint {
-			eps = slices.DeleteFunc(eps, func(e endpoint) bool { return e.addr.ID == id })
-			return append(eps, endpoint{addr: a, origin: origin})
+		e.ID = id
+		s.origins[keyOf(e.Address)] = origin
+		s.refreshEndpoints(func(eps []policy.Endpoint) []policy.Endpoint {
+			eps = slices.DeleteFunc(eps, func(x policy.Endpoint) bool { return x.ID == id })
+			return append(eps, e)
 		})
 		s.reconcileEndpoints()
 		return id, nil
@@ -148,8 +146,8 @@ func (s *Service) RemoveEndpoint(ctx context.Context, c Caller, id uint8) error 
 		if err := s.k.DeleteEndpoint(id); err != nil {
 			return wrapErr(op, err)
 		}
-		s.refreshEndpoints(func(eps []endpoint) []endpoint {
-			return slices.DeleteFunc(eps, func(e endpoint) bool { return e.addr.ID == id })
+		s.refreshEndpoints(func(eps []policy.Endpoint) []policy.Endpoint {
+			return slices.DeleteFunc(eps, func(e policy.Endpoint) bool { return e.ID == id })
 		})
 		s.reconcileEndpoints()
 		return nil
@@ -158,23 +156,19 @@ func (s *Service) RemoveEndpoint(ctx context.Context, c Caller, id uint8) error 
 
 // SetEndpointFlags sets the flags of the in-kernel endpoint with the id (the
 // kernel changes backup and fullmesh only).
-func (s *Service) SetEndpointFlags(ctx context.Context, c Caller, id uint8, flags []string) error {
+func (s *Service) SetEndpointFlags(ctx context.Context, c Caller, id uint8, f pm.Flags) error {
 	const op = "set endpoint flags"
 	return do(ctx, s, op, func() error {
 		if _, err := s.authorize(op, c); err != nil {
 			return err
 		}
-		f, err := parseFlags(op, flags)
-		if err != nil {
-			return err
-		}
 		if err := s.k.SetEndpointFlags(id, f); err != nil {
 			return wrapErr(op, err)
 		}
-		s.refreshEndpoints(func(eps []endpoint) []endpoint {
+		s.refreshEndpoints(func(eps []policy.Endpoint) []policy.Endpoint {
 			for i := range eps {
-				if eps[i].addr.ID == id {
-					eps[i].addr.Flags = f
+				if eps[i].ID == id {
+					eps[i].Flags = f
 				}
 			}
 			return eps
@@ -194,7 +188,7 @@ func (s *Service) FlushEndpoints(ctx context.Context, c Caller) error {
 		if err := s.k.FlushEndpoints(); err != nil {
 			return wrapErr(op, err)
 		}
-		s.refreshEndpoints(func([]endpoint) []endpoint { return nil })
+		s.refreshEndpoints(func([]policy.Endpoint) []policy.Endpoint { return nil })
 		s.reconcileEndpoints()
 		return nil
 	})
@@ -487,14 +481,14 @@ func (s *Service) releaseController(why string) {
 
 // authorize checks that caller c may make changes now, and returns the
 // origin of what it makes.
-func (s *Service) authorize(op string, c Caller) (string, error) {
+func (s *Service) authorize(op string, c Caller) (policy.Origin, error) {
 	if s.ctl == nil {
-		return OriginAdmin, nil
+		return policy.OriginAdmin, nil
 	}
 	if c.Name != s.ctl.name {
 		return "", reqErrorf(ErrNotController, "%s: %s controls the path manager", op, s.ctl.name)
 	}
-	return OriginController, nil
+	return policy.OriginController, nil
 }
 
 // userspaceConn authorizes caller c and returns connection id, which must be
@@ -534,19 +528,6 @@ func (s *Service) addrAndLink(op string, addr netip.Addr, iface string) (netip.A
 		return netip.Addr{}, 0, invalidf("%s: unknown interface %q", op, iface)
 	}
 	return addr.WithZone(""), i, nil
-}
-
-// parseFlags parses flag words, naming an unknown one.
-func parseFlags(op string, words []string) (pm.Flags, error) {
-	var f pm.Flags
-	for _, w := range words {
-		b, err := pm.ParseFlags([]string{w})
-		if err != nil {
-			return 0, invalidf("%s: unknown flag %q", op, w)
-		}
-		f |= b
-	}
-	return f, nil
 }
 
 // checkTuple checks a subflow's 4-tuple: both addresses, the remote port

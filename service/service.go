@@ -76,17 +76,16 @@ type Service struct {
 	outbox    []Notification // published, not yet handed to the publisher (flush)
 	kernelPM  string
 	limits    Limits
-	endpoints []endpoint // sorted by id
-	origins   map[endpointKey]string
+	endpoints []policy.Endpoint // sorted by id; what Manager.Endpoints and the policy see
+	origins   map[endpointKey]policy.Origin
 	local     []LocalAddress
 
 	// The built-in policy (policy.go), also owned by the loop.
 	pol       policy.Policy
-	synced    bool              // the network monitor's first NetSynced came: the addresses are known
-	usable    []policy.Address  // the usable local addresses with their flags
-	polEps    []policy.Endpoint // s.endpoints as the policy sees them
-	retry     *time.Timer       // fires at retryAt for backoffs and pending subflows
-	retryAt   time.Time         // zero when retry is not armed
+	synced    bool             // the network monitor's first NetSynced came: the addresses are known
+	usable    []policy.Address // the usable local addresses with their flags
+	retry     *time.Timer      // fires at retryAt for backoffs and pending subflows
+	retryAt   time.Time        // zero when retry is not armed
 	now       func() time.Time
 	backoff   backoff
 	pendingTO time.Duration // a requested subflow not heard of for this long failed
@@ -108,7 +107,7 @@ func New(cfg Config, d Deps) *Service {
 		conns:       newConnTable(),
 		ids:         newIDManager(),
 		net:         newNetState(),
-		origins:     make(map[endpointKey]string),
+		origins:     make(map[endpointKey]policy.Origin),
 		local:       []LocalAddress{},
 		setPM:       d.SetPathManager,
 		now:         time.Now,
@@ -229,10 +228,10 @@ func (s *Service) start() error {
 	s.refreshEndpoints(nil)
 	s.checkPathManager()
 	for _, e := range s.endpoints {
-		if e.addr.Flags&pm.FlagImplicit == 0 {
+		if e.Flags&pm.FlagImplicit == 0 {
 			s.log.Info("in-kernel endpoints made by another program exist (NetworkManager, ip mptcp, ...): "+
 				"another program manages endpoints too; the built-in policy leaves them alone",
-				"id", e.addr.ID, "addr", e.addr.Addr, "flags", e.addr.Flags.String())
+				"id", e.ID, "addr", e.Addr, "flags", e.Flags.String())
 			break
 		}
 	}
@@ -285,9 +284,9 @@ func (s *Service) handleNet(ev NetEvent) {
 func (s *Service) updateUsable() bool {
 	usable := s.net.usable(s.cfg.Filter)
 	for i := range usable {
-		usable[i].Flags = s.cfg.flagsFor(usable[i].Interface).Names()
+		usable[i].Flags = s.cfg.flagsFor(usable[i].Interface)
 	}
-	if slices.EqualFunc(usable, s.usable, sameAddress) {
+	if slices.Equal(usable, s.usable) {
 		return false
 	}
 	s.usable = usable
@@ -300,10 +299,6 @@ func (s *Service) updateUsable() bool {
 		s.publishManager("LocalAddresses")
 	}
 	return true
-}
-
-func sameAddress(a, b policy.Address) bool {
-	return a.Interface == b.Interface && a.Ifindex == b.Ifindex && a.Addr == b.Addr && slices.Equal(a.Flags, b.Flags)
 }
 
 // publish queues n for the publisher; flush hands it over once the loop
@@ -338,7 +333,7 @@ func (s *Service) manager() Manager {
 		ControlMode:       ModeBuiltin,
 		Policy:            s.cfg.Policy,
 		KernelPathManager: s.kernelPM,
-		Endpoints:         make([]Endpoint, len(s.endpoints)),
+		Endpoints:         slices.Clone(s.endpoints),
 		Limits:            s.limits,
 		LocalAddresses:    slices.Clone(s.local),
 	}
@@ -346,15 +341,8 @@ func (s *Service) manager() Manager {
 		m.ControlMode = ModeController
 		m.Controller = s.ctl.name
 	}
-	for i, e := range s.endpoints {
-		m.Endpoints[i] = Endpoint{
-			ID:        e.addr.ID,
-			Address:   e.addr.Addr,
-			Port:      e.addr.Port,
-			Flags:     e.addr.Flags.Names(),
-			Interface: s.net.linkName(e.addr.Ifindex),
-			Origin:    e.origin,
-		}
+	for i := range m.Endpoints { // links may have been named since the endpoints were read
+		m.Endpoints[i].Interface = s.net.linkName(m.Endpoints[i].Ifindex)
 	}
 	return m
 }
@@ -394,21 +382,21 @@ func (s *Service) setLimits(l Limits) {
 // those the service made; an endpoint made by someone else is external. If
 // the kernel cannot be read, it applies edit (if not nil) to the known list
 // instead. It publishes a change.
-func (s *Service) refreshEndpoints(edit func([]endpoint) []endpoint) {
-	var next []endpoint
+func (s *Service) refreshEndpoints(edit func([]policy.Endpoint) []policy.Endpoint) {
+	var next []policy.Endpoint
 	addrs, err := s.k.Endpoints()
 	switch {
 	case err == nil:
-		next = make([]endpoint, 0, len(addrs))
-		origins := make(map[endpointKey]string, len(addrs))
+		next = make([]policy.Endpoint, 0, len(addrs))
+		origins := make(map[endpointKey]policy.Origin, len(addrs))
 		for _, a := range addrs {
 			origin, ok := s.origins[keyOf(a)]
 			if ok {
 				origins[keyOf(a)] = origin
 			} else {
-				origin = OriginExternal
+				origin = policy.OriginExternal
 			}
-			next = append(next, endpoint{addr: a, origin: origin})
+			next = append(next, policy.Endpoint{Address: a, Origin: origin})
 		}
 		s.origins = origins
 	case edit != nil:
@@ -418,22 +406,13 @@ func (s *Service) refreshEndpoints(edit func([]endpoint) []endpoint) {
 		s.log.Warn("reading endpoints", "err", err)
 		return
 	}
-	slices.SortFunc(next, func(a, b endpoint) int { return int(a.addr.ID) - int(b.addr.ID) })
+	for i := range next {
+		next[i].Interface = s.net.linkName(next[i].Ifindex)
+	}
+	slices.SortFunc(next, func(a, b policy.Endpoint) int { return int(a.ID) - int(b.ID) })
 	if slices.Equal(next, s.endpoints) {
 		return
 	}
 	s.endpoints = next
-	s.polEps = make([]policy.Endpoint, len(next))
-	for i, e := range next {
-		s.polEps[i] = policy.Endpoint{
-			ID:        e.addr.ID,
-			Addr:      e.addr.Addr,
-			Port:      e.addr.Port,
-			Flags:     e.addr.Flags.Names(),
-			Interface: s.net.linkName(e.addr.Ifindex),
-			Ifindex:   int(e.addr.Ifindex),
-			Owned:     e.origin == OriginPolicy,
-		}
-	}
 	s.publishManager("Endpoints")
 }

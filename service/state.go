@@ -119,9 +119,9 @@ func (t *connTable) sorted() []*conn {
 }
 
 // recentClosed is how many closed tokens the service remembers, to drop the
-// ESTABLISHED the kernel can send after CLOSED (kernel-notes.md). The late
-// event follows within microseconds; this covers bursts of that many
-// closings in between.
+// ESTABLISHED the kernel can send after CLOSED (docs/kernel-notes.md, "Event
+// order"). The late event follows within microseconds; this covers bursts
+// of that many closings in between.
 const recentClosed = 1024
 
 // recentTokens is a ring of the last recentClosed closed tokens with a count
@@ -148,12 +148,6 @@ func (r *recentTokens) add(token uint32) {
 }
 
 func (r *recentTokens) contains(token uint32) bool { return r.count[token] > 0 }
-
-// endpoint is an in-kernel endpoint and who made it.
-type endpoint struct {
-	addr   pm.Address
-	origin string
-}
 
 // endpointKey identifies an endpoint the service made, to keep its origin
 // across re-reads of the kernel's table.

@@ -21,6 +21,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/godbus/dbus/v5"
+
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi"
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/netmon"
@@ -127,11 +129,11 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	level := new(slog.LevelVar) // SIGHUP may change it
-	level.Set(cfg.LogLevel)
-	log := newLogger(stderr, level)
-	sd := newNotifier(log)
-	sd.send("STATUS=Starting")
+	d := &pmd{opts: o, cfg: cfg, level: new(slog.LevelVar)}
+	d.level.Set(cfg.LogLevel) // SIGHUP may change it
+	d.log = newLogger(stderr, d.level)
+	d.sd = newNotifier(d.log)
+	d.sd.send("STATUS=Starting")
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -139,82 +141,124 @@ func run(args []string, stderr io.Writer) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
+	defer d.close()
+	if err := d.open(ctx); err != nil {
+		return err
+	}
+	return d.serve(ctx, stop, hup)
+}
+
+// pmd is one run of the daemon: its settings and what it opened.
+type pmd struct {
+	opts  options
+	cfg   service.Config
+	level *slog.LevelVar
+	log   *slog.Logger
+	sd    *notifier
+
+	client *pmnl.Client
+	events *pmnl.EventListener
+	mon    *netmon.Monitor
+	conn   *dbus.Conn
+	svc    *service.Service
+	auth   *dbusapi.BusAuthorizer
+	srv    *dbusapi.Server
+}
+
+// open checks that the kernel has MPTCP, opens the path manager's command
+// and event sockets, starts the network monitor, connects to the system
+// bus and builds the service and its D-Bus server. What it opened stays
+// open for close, also when it fails.
+func (d *pmd) open(ctx context.Context) error {
 	if on, err := pm.MPTCPEnabled(); err != nil {
 		return fmt.Errorf("this kernel has no MPTCP (%v)", err)
 	} else if !on {
 		return errors.New("MPTCP is disabled in this network namespace: set net.mptcp.enabled=1")
 	}
-	client, err := pmnl.Dial(nil)
-	if err != nil {
+	var err error
+	if d.client, err = pmnl.Dial(nil); err != nil {
 		return err
 	}
-	defer client.Close()
-	events, err := pmnl.ListenEvents(nil)
+	d.events, err = pmnl.ListenEvents(nil)
 	if errors.Is(err, pm.ErrPermission) {
 		return fmt.Errorf("%w: the daemon needs CAP_NET_ADMIN to follow MPTCP events", err)
 	}
 	if err != nil {
 		return err
 	}
-	defer events.Close()
-	mon, err := netmon.Start(ctx, netmon.Options{})
-	if err != nil {
+	if d.mon, err = netmon.Start(ctx, netmon.Options{}); err != nil {
 		return fmt.Errorf("network monitor: %w", err)
 	}
-
-	conn, err := dbusapi.ConnectSystemBus()
-	if err != nil {
+	if d.conn, err = dbusapi.ConnectSystemBus(); err != nil {
 		return fmt.Errorf("system bus: %w", err)
 	}
-	defer conn.Close()
-
 	var pub publisher
-	svc := service.New(cfg, service.Deps{
-		Kernel:    client,
+	d.svc = service.New(d.cfg, service.Deps{
+		Kernel:    d.client,
 		Publisher: &pub,
-		Logger:    log,
+		Logger:    d.log,
 		Version:   version,
 	})
-	auth := dbusapi.NewAuthorizer(conn, dbusapi.AuthOptions{Groups: cfg.AuthGroups, Logger: log})
-	srv, err := dbusapi.New(conn, svc, dbusapi.Options{Authorizer: auth, Logger: log})
-	if err != nil {
+	d.auth = dbusapi.NewAuthorizer(d.conn, dbusapi.AuthOptions{Groups: d.cfg.AuthGroups, Logger: d.log})
+	if d.srv, err = dbusapi.New(d.conn, d.svc, dbusapi.Options{Authorizer: d.auth, Logger: d.log}); err != nil {
 		return err
 	}
-	defer srv.Close()
-	pub.Publisher = srv
+	pub.Publisher = d.srv
+	return nil
+}
 
+// close closes what open opened, in reverse order.
+func (d *pmd) close() {
+	if d.srv != nil {
+		d.srv.Close()
+	}
+	if d.conn != nil {
+		d.conn.Close()
+	}
+	if d.events != nil {
+		d.events.Close()
+	}
+	if d.client != nil {
+		d.client.Close()
+	}
+}
+
+// serve runs the service loop, owns the bus name, tells systemd, and
+// reloads on SIGHUP until the loop ends (ctx ended, or the loop failed).
+func (d *pmd) serve(ctx context.Context, stop func(), hup <-chan os.Signal) error {
 	kernelEvents := make(chan pm.Event, 1024)
-	go readEvents(events, kernelEvents, svc, log)
+	go readEvents(d.events, kernelEvents, d.svc, d.log)
 	netEvents := make(chan service.NetEvent, 256)
-	go adaptNet(mon.Updates(), netEvents)
+	go adaptNet(d.mon.Updates(), netEvents)
 
 	runErr := make(chan error, 1)
-	go func() { runErr <- svc.Run(ctx, kernelEvents, netEvents) }()
-	if err := srv.RequestName(ctx); err != nil {
+	go func() { runErr <- d.svc.Run(ctx, kernelEvents, netEvents) }()
+	if err := d.srv.RequestName(ctx); err != nil {
 		stop()
 		<-runErr
 		return err
 	}
 	// The name is owned and the loop answers (it has read the kernel's
 	// state): tell systemd, and keep telling it while the loop answers.
-	if status, err := statusOf(ctx, svc); err == nil {
-		sd.ready(status)
-		if sd.enabled {
-			go sd.supervise(ctx, svc, watchdogInterval(log), status)
+	if status, err := statusOf(ctx, d.svc); err == nil {
+		d.sd.ready(status)
+		if d.sd.enabled {
+			go d.sd.supervise(ctx, d.svc, watchdogInterval(d.log), status)
 		}
 	}
-	go trimMemory(ctx, trimInterval, trimThreshold, log)
-	log.Info("mptcp-pmd running", "version", version, "policy", cfg.Policy, "bus_name", dbusapi.BusName)
+	go trimMemory(ctx, trimInterval, trimThreshold, d.log)
+	d.log.Info("mptcp-pmd running", "version", version, "policy", d.cfg.Policy, "bus_name", dbusapi.BusName)
+	var err error
 	for done := false; !done; {
 		select {
 		case err = <-runErr:
 			done = true
 		case <-hup:
-			reload(ctx, o, svc, auth, level, sd, log)
+			d.reload(ctx)
 		}
 	}
-	sd.stopping()
-	log.Info("mptcp-pmd stopping")
+	d.sd.stopping()
+	d.log.Info("mptcp-pmd stopping")
 	return err
 }
 
@@ -223,23 +267,24 @@ func run(args []string, stderr io.Writer) error {
 // allowed to make changes. An invalid configuration is refused,
 // with the reason (FILE:LINE for the file's mistakes), and the old one
 // stays.
-func reload(ctx context.Context, o options, svc *service.Service, auth *dbusapi.BusAuthorizer, level *slog.LevelVar, sd *notifier, log *slog.Logger) {
-	sd.reloading()
+func (d *pmd) reload(ctx context.Context) {
+	d.sd.reloading()
 	defer func() {
-		if status, err := statusOf(ctx, svc); err == nil {
-			sd.ready(status)
+		if status, err := statusOf(ctx, d.svc); err == nil {
+			d.sd.ready(status)
 		}
 	}()
-	cfg, err := loadConfig(o)
+	cfg, err := loadConfig(d.opts)
 	if err == nil {
-		err = svc.Reload(ctx, cfg)
+		err = d.svc.Reload(ctx, cfg)
 	}
 	if err != nil {
-		log.Error("configuration reload refused: the old configuration stays", "config", o.configPath, "err", err)
+		d.log.Error("configuration reload refused: the old configuration stays", "config", d.opts.configPath, "err", err)
 		return
 	}
-	auth.SetGroups(cfg.AuthGroups)
-	level.Set(cfg.LogLevel) // the service logged the reload
+	d.cfg = cfg
+	d.auth.SetGroups(cfg.AuthGroups)
+	d.level.Set(cfg.LogLevel) // the service logged the reload
 }
 
 // publisher lets the service be built before the D-Bus server it publishes

@@ -2,11 +2,12 @@ package pmnl
 
 import (
 	"fmt"
-	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"net/netip"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
 
 // Commands of the mptcp_pm family (MPTCP_PM_CMD_*).

@@ -3,13 +3,14 @@ package pmnl
 import (
 	"errors"
 	"fmt"
-	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"net/netip"
 	"os"
 	"syscall"
 
 	"github.com/mdlayher/genetlink"
 	"github.com/mdlayher/netlink"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
 
 // Config says where a Client or an EventListener works.
@@ -385,7 +386,7 @@ func checkAddr(op string, a netip.Addr) (netip.Addr, error) {
 	if !a.IsValid() {
 		return netip.Addr{}, fmt.Errorf("pm: %s: no address: %w", op, pm.ErrInvalid)
 	}
-	return a.Unmap().WithZone(""), nil
+	return pm.CanonicalAddr(a), nil
 }
 
 // checkPair checks the local and remote address of a subflow command: both

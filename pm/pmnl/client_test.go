@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"io"
 	"net/netip"
 	"sync"
@@ -17,6 +16,8 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/mdlayher/netlink/nltest"
 	"golang.org/x/sys/unix"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
 
 // testFamily is the fake mptcp_pm family the unit tests serve.

@@ -3,8 +3,9 @@ package pmnl
 import (
 	"encoding/binary"
 	"fmt"
-	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"net/netip"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
 
 // Event attributes (MPTCP_ATTR_*).

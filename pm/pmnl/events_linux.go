@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"net"
 	"os"
 	"sync"
@@ -16,6 +15,8 @@ import (
 	"github.com/mdlayher/genetlink"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
 
 const (

@@ -23,7 +23,7 @@ const (
 )
 
 // FakeKernel is an in-memory path manager with the method set of *pmnl.Client,
-// for unit tests. It answers like the Linux 6.18 kernel (kernel-notes.md):
+// for unit tests. It answers like the Linux 6.18 kernel (docs/kernel-notes.md):
 // the endpoint table with the kernel's id choice and refusals, the limits
 // (2 subflows and 0 accepted ADD_ADDRs at first), and userspace-PM
 // connections that tests add with AddConnection. Refusals are *pm.Error
@@ -184,7 +184,7 @@ func (k *FakeKernel) AddEndpoint(e pm.Address) (uint8, error) {
 	if !e.Addr.IsValid() {
 		return 0, refusal(op, syscall.EINVAL, "missing address")
 	}
-	e.Addr = e.Addr.WithZone("").Unmap()
+	e.Addr = pm.CanonicalAddr(e.Addr)
 	if e.Flags&pm.FlagSignal == 0 {
 		e.Port = 0
 	}

@@ -2,7 +2,6 @@ package config
 
 import (
 	"errors"
-	"github.com/mptcp-pmd/mptcp-pmd/service"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/policy"
+	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
 
 func writeConfig(t *testing.T, text string) string {
