@@ -55,8 +55,12 @@ func (e *Error) Unwrap() error { return e.Errno }
 //	  "invalid token", "... not found"     ErrNotFound
 //	  "userspace PM not selected"          ErrNotSupported
 //
-// Every other errno matches no sentinel.
+// "invalid token" also matches ErrUnknownToken. Every other errno matches
+// no sentinel.
 func (e *Error) Is(target error) bool {
+	if target == ErrUnknownToken {
+		return e.Errno == syscall.EINVAL && e.Message == msgInvalidToken
+	}
 	return target != nil && target == e.sentinel()
 }
 

@@ -11,4 +11,9 @@ var (
 	ErrExists       = errors.New("already exists")   // EEXIST
 	ErrInvalid      = errors.New("invalid argument") // EINVAL and bad input caught before sending
 	ErrBusy         = errors.New("busy")             // EBUSY
+
+	// ErrUnknownToken is the kernel's "invalid token": no MPTCP connection
+	// with the token lives in the namespace (it closed). Such a refusal
+	// matches ErrNotFound too.
+	ErrUnknownToken = errors.New("no connection with this token")
 )

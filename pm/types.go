@@ -197,3 +197,28 @@ func CanonicalAddr(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
 func CanonicalAddrPort(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(CanonicalAddr(ap.Addr()), ap.Port())
 }
+
+// Connection is an MPTCP connection as the kernel lists it (sock_diag):
+// what its events would have told.
+type Connection struct {
+	Token uint32 // the local token, as in events and commands
+	// Local and Remote are the initial subflow's addresses, in
+	// CanonicalAddr form.
+	Local, Remote netip.AddrPort
+	ServerSide    bool
+	// Established says the MPTCP handshake is done: the kernel has sent, or
+	// would have sent, ESTABLISHED.
+	Established bool
+	// Subflows are the established additional subflows (joins), those that
+	// SUB_ESTABLISHED reports; the initial subflow is not among them.
+	Subflows []Subflow
+}
+
+// Subflow is an additional subflow of a listed connection, with the fields
+// of its SUB_ESTABLISHED event.
+type Subflow struct {
+	LocalID, RemoteID uint8
+	Local, Remote     netip.AddrPort
+	Backup            bool  // the flag SUB_ESTABLISHED carries: the peer's backup request
+	Ifindex           int32 // the interface the subflow is bound to, 0 for none
+}

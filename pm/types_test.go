@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"slices"
+	"syscall"
 	"testing"
 )
 
@@ -99,5 +100,21 @@ func TestSetPathManagerType(t *testing.T) {
 	}
 	if err := setPathManagerType("bpf", write(sysctlPathManager)); err == nil {
 		t.Error("unknown path manager accepted")
+	}
+}
+
+func TestErrorSentinels(t *testing.T) {
+	invalidToken := &Error{Op: "announce", Errno: syscall.EINVAL, Message: "invalid token"}
+	if !errors.Is(invalidToken, ErrNotFound) || !errors.Is(invalidToken, ErrUnknownToken) {
+		t.Errorf("%v: want ErrNotFound and ErrUnknownToken", invalidToken)
+	}
+	for _, e := range []*Error{
+		{Op: "remove", Errno: syscall.EINVAL, Message: "address with id 3 not found"},
+		{Op: "announce", Errno: syscall.EINVAL, Message: "userspace PM not selected"},
+		{Op: "announce", Errno: syscall.ENOENT},
+	} {
+		if errors.Is(e, ErrUnknownToken) {
+			t.Errorf("%v matches ErrUnknownToken", e)
+		}
 	}
 }

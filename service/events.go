@@ -27,7 +27,12 @@ import (
 func (s *Service) handleEvent(ev pm.Event) {
 	switch ev.Type {
 	case pm.EventCreated:
-		if old := s.conns.byToken[ev.Token]; old != nil {
+		old := s.conns.byToken[ev.Token]
+		if old != nil && old.adopted && old.local == eventLocal(ev) && old.remote == eventRemote(ev) {
+			old.adopted = false // listed before its CREATED came: the same connection
+			return
+		}
+		if old != nil {
 			s.drop(old)
 		}
 		s.addConn(ev, false)
@@ -85,11 +90,14 @@ func (s *Service) addConn(ev pm.Event, established bool) *conn {
 	c.established = established
 	c.serverSide = ev.ServerSide
 	c.denyJoinID0 = ev.Flags&pm.EventFlagDenyJoinID0 != 0
-	c.local = netip.AddrPortFrom(ev.LocalAddr, ev.LocalPort)
-	c.remote = netip.AddrPortFrom(ev.RemoteAddr, ev.RemotePort)
+	c.local, c.remote = eventLocal(ev), eventRemote(ev)
 	s.publish(ConnectionAdded{Connection: c.snapshot()})
 	return c
 }
+
+// eventLocal and eventRemote return a connection event's addresses.
+func eventLocal(ev pm.Event) netip.AddrPort  { return netip.AddrPortFrom(ev.LocalAddr, ev.LocalPort) }
+func eventRemote(ev pm.Event) netip.AddrPort { return netip.AddrPortFrom(ev.RemoteAddr, ev.RemotePort) }
 
 // drop removes a connection, releases the listeners of its announcements
 // and publishes ConnectionRemoved.

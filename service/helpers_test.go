@@ -58,6 +58,9 @@ type harness struct {
 	pmType string
 	pmErr  error
 	pmSets []string // what SetPathManager was asked
+
+	listing bool   // the service lists h.k's connections (withLister)
+	record  Record // withRecord
 }
 
 type harnessOpt func(*harness, *Config)
@@ -75,6 +78,12 @@ func withService(f func(*Service)) harnessOpt {
 func withKernelWrapper(f func(*pmtest.FakeKernel) Kernel) harnessOpt {
 	return func(h *harness, _ *Config) { h.wrap = f }
 }
+
+// withLister lets the service list the fake kernel's connections.
+func withLister() harnessOpt { return func(h *harness, _ *Config) { h.listing = true } }
+
+// withRecord gives the service a record of its endpoints.
+func withRecord(r Record) harnessOpt { return func(h *harness, _ *Config) { h.record = r } }
 
 // withPM sets the path manager the namespace reports at first.
 func withPM(p string) harnessOpt { return func(h *harness, _ *Config) { h.pmType = p } }
@@ -122,8 +131,14 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 	if h.wrap != nil {
 		h.kernel = h.wrap(h.k)
 	}
+	var lister Lister
+	if h.listing {
+		lister = h.k
+	}
 	h.s = New(cfg, Deps{
 		Kernel:         h.kernel,
+		Lister:         lister,
+		Record:         h.record,
 		Publisher:      h.rec,
 		Listeners:      h.lis.listen,
 		PathManager:    h.pathManager,

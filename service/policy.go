@@ -238,6 +238,9 @@ func (s *Service) reconcileConn(c *conn) {
 		return
 	}
 	for _, a := range s.pol.Connection(s.view(), s.policyConn(c)) {
+		if s.conns.byToken[c.token] != c {
+			return // it closed (gone)
+		}
 		s.connAction(c, a)
 	}
 }
@@ -291,7 +294,7 @@ func (s *Service) connAction(c *conn, a policy.Action) {
 		if a.Backup {
 			la.Flags = pm.FlagBackup
 		}
-		if err := s.k.CreateSubflow(c.token, la, a.Remote); err != nil {
+		if err := s.gone(c, s.k.CreateSubflow(c.token, la, a.Remote)); err != nil {
 			s.refused(c, a, err)
 			return
 		}
@@ -303,7 +306,7 @@ func (s *Service) connAction(c *conn, a policy.Action) {
 		s.log.Debug("policy: subflow requested", "token", c.token, "local", local, "remote", a.Remote, "interface", a.Interface)
 	case policy.DestroySubflow:
 		t := tuple{netip.AddrPortFrom(a.Local, a.LocalPort), a.Remote}
-		if err := s.k.DestroySubflow(c.token, t.local, t.remote); err != nil {
+		if err := s.gone(c, s.k.DestroySubflow(c.token, t.local, t.remote)); err != nil {
 			s.log.Warn("policy: the kernel refused", "action", a.String(), "token", c.token, "err", err)
 			return
 		}

@@ -264,7 +264,7 @@ func (s *Service) announce(cn *conn, addr netip.Addr, port uint16, id uint8, con
 		id = s.ids.id(addr, kernelPort)
 	}
 	a := AnnouncedAddress{ID: id, Address: addr.WithZone(""), Port: bound.Port()}
-	if err := s.k.Announce(cn.token, pm.Address{ID: id, Addr: a.Address, Port: kernelPort, Flags: pm.FlagSignal}); err != nil {
+	if err := s.gone(cn, s.k.Announce(cn.token, pm.Address{ID: id, Addr: a.Address, Port: kernelPort, Flags: pm.FlagSignal})); err != nil {
 		if ours {
 			s.lis.release(bound)
 		}
@@ -309,7 +309,7 @@ func (s *Service) RemoveAddress(ctx context.Context, c Caller, conn uint64, id u
 // (RemoveAddress, and the policy's Withdraw) and releases its listener.
 func (s *Service) withdraw(cn *conn, id uint8) error {
 	const op = "remove address"
-	if err := s.k.Remove(cn.token, id); err != nil {
+	if err := s.gone(cn, s.k.Remove(cn.token, id)); err != nil {
 		return wrapErr(op, err)
 	}
 	i := slices.IndexFunc(cn.announced, func(x announcement) bool { return x.addr.ID == id })
@@ -361,7 +361,7 @@ func (s *Service) CreateSubflow(ctx context.Context, c Caller, conn uint64, r Su
 			flags = pm.FlagBackup
 		}
 		la := pm.Address{ID: id, Addr: local, Port: r.LocalPort, Flags: flags, Ifindex: ifindex}
-		if err := s.k.CreateSubflow(cn.token, la, netip.AddrPortFrom(remote, r.RemotePort)); err != nil {
+		if err := s.gone(cn, s.k.CreateSubflow(cn.token, la, netip.AddrPortFrom(remote, r.RemotePort))); err != nil {
 			return wrapErr(op, err)
 		}
 		if r.LocalID != 0 {
@@ -383,7 +383,7 @@ func (s *Service) RemoveSubflow(ctx context.Context, c Caller, conn uint64, loca
 		if err := checkTuple(op, local, remote, false); err != nil {
 			return err
 		}
-		if err := s.k.DestroySubflow(cn.token, local, remote); err != nil {
+		if err := s.gone(cn, s.k.DestroySubflow(cn.token, local, remote)); err != nil {
 			return wrapErr(op, err)
 		}
 		return nil
@@ -408,7 +408,7 @@ func (s *Service) SetSubflowBackup(ctx context.Context, c Caller, conn uint64, l
 		if backup {
 			flags = pm.FlagBackup
 		}
-		if err := s.k.SetSubflowFlags(cn.token, local, remote, flags); err != nil {
+		if err := s.gone(cn, s.k.SetSubflowFlags(cn.token, local, remote, flags)); err != nil {
 			return wrapErr(op, err)
 		}
 		changed := false

@@ -29,12 +29,21 @@ type Kernel interface {
 	CreateSubflow(token uint32, local pm.Address, remote netip.AddrPort) error
 	DestroySubflow(token uint32, local, remote netip.AddrPort) error
 	SetSubflowFlags(token uint32, local, remote netip.AddrPort, f pm.Flags) error
+	// Addresses lists a userspace-PM connection's local addresses: those
+	// it announced (FlagSignal) and those of the subflows it made.
+	Addresses(token uint32) ([]pm.Address, error)
 }
 
 // Deps are what the service works with. Kernel is required; the others have
 // defaults.
 type Deps struct {
-	Kernel    Kernel
+	Kernel Kernel
+	// Lister lists the kernel's connections, to adopt those that exist at
+	// start and to repair what lost events said; nil = neither.
+	Lister Lister
+	// Record keeps which endpoints the daemon made across restarts; nil =
+	// no record: after a restart every endpoint is external.
+	Record    Record
 	Publisher Publisher       // receives notifications; nil drops them
 	Listeners ListenerFactory // opens listeners behind announced addresses; nil = ListenMPTCP
 	Logger    *slog.Logger    // nil = no logging
@@ -54,6 +63,8 @@ type Deps struct {
 type Service struct {
 	cfg         Config
 	k           Kernel
+	lister      Lister
+	record      Record
 	pub         Publisher
 	log         *slog.Logger
 	pathManager func() (string, error)
@@ -62,6 +73,7 @@ type Service struct {
 
 	reqs     chan func()   // requests, run by the loop
 	overflow chan struct{} // kernel events were lost (coalesced)
+	ready    chan struct{} // closed when the start is complete (Ready)
 	stopped  chan struct{} // closed when Run has returned
 	running  atomic.Bool
 
@@ -78,6 +90,7 @@ type Service struct {
 	limits    Limits
 	endpoints []policy.Endpoint // sorted by id; what Manager.Endpoints and the policy see
 	origins   map[endpointKey]policy.Origin
+	saved     []policy.Endpoint // what the record holds (saveRecord)
 	local     []LocalAddress
 
 	// The built-in policy (policy.go), also owned by the loop.
@@ -97,12 +110,15 @@ func New(cfg Config, d Deps) *Service {
 	s := &Service{
 		cfg:         cfg,
 		k:           d.Kernel,
+		lister:      d.Lister,
+		record:      d.Record,
 		pub:         d.Publisher,
 		log:         d.Logger,
 		pathManager: d.PathManager,
 		version:     d.Version,
 		reqs:        make(chan func()),
 		overflow:    make(chan struct{}, 1),
+		ready:       make(chan struct{}),
 		stopped:     make(chan struct{}),
 		conns:       newConnTable(),
 		ids:         newIDManager(),
@@ -139,15 +155,16 @@ func New(cfg Config, d Deps) *Service {
 // Run is the service loop. It reads the kernel's state, then applies
 // kernel events and network events and serves requests until ctx ends. It
 // returns nil then, or an error if the start failed (an unknown policy, the
-// configured limits were refused) or events was closed, which means the
-// daemon no longer sees the kernel. On return it closes the listeners it
-// holds, if a controller was registered publishes ControllerReleased, and
-// with Config.RemoveOnExit removes the endpoints the policy made. Run may be
-// called once.
+// configured limits were refused) or events or netEvents was closed, which
+// means the daemon no longer sees the kernel or the host's addresses. On
+// return it closes the listeners it holds, if a controller was registered
+// publishes ControllerReleased, and with Config.RemoveOnExit removes the
+// endpoints the policy made. Run may be called once.
 //
-// The built-in policy acts from the first NetSynced on netEvents: before,
-// the local addresses are not known in full. A closed netEvents only stops
-// the tracking of local addresses.
+// The start completes at the first NetSynced on netEvents, when the local
+// addresses are known in full: the service then adopts the connections the
+// kernel lists, the built-in policy acts on the endpoints and on every
+// connection, and Ready is closed.
 func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-chan NetEvent) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("service: Run called more than once")
@@ -184,9 +201,7 @@ func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-c
 			s.handleEvent(ev)
 		case ev, ok := <-netEvents:
 			if !ok {
-				s.log.Error("network monitor ended: local addresses are no longer tracked")
-				netEvents = nil
-				continue
+				return errors.New("service: the network monitor ended: the host's addresses are no longer known")
 			}
 			s.handleNet(ev)
 		case <-s.overflow:
@@ -199,12 +214,17 @@ func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-c
 	}
 }
 
+// Ready returns a channel that is closed when the start is complete: the
+// kernel's state is read, the host's addresses are known, the live
+// connections are adopted and the built-in policy has acted on them.
+func (s *Service) Ready() <-chan struct{} { return s.ready }
+
 // Overflow tells the service that kernel events were lost (the event
 // socket overflowed). The service re-reads the endpoints, limits and path
-// manager. The kernel cannot list connections, so what the lost events said
-// about connections stays unknown: a connection whose CREATED was lost is
-// adopted at its ESTABLISHED, one whose CLOSED was lost stays until its
-// token is reused, and lost subflow and address events are not repaired.
+// manager, and lists the connections to repair what the lost events said
+// (syncConnections): connections opened and closed meanwhile, and their
+// subflows. The peer's lost announcements are not repaired: the kernel does
+// not list them.
 func (s *Service) Overflow() {
 	select {
 	case s.overflow <- struct{}{}:
@@ -225,7 +245,9 @@ func (s *Service) start() error {
 		}
 	}
 	s.refreshLimits()
+	s.loadRecord()
 	s.refreshEndpoints(nil)
+	s.saveRecord()
 	s.checkPathManager()
 	for _, e := range s.endpoints {
 		if e.Flags&pm.FlagImplicit == 0 {
@@ -238,14 +260,14 @@ func (s *Service) start() error {
 	return nil
 }
 
-// resync re-reads what the kernel can tell after events were lost, and
+// resync re-reads the kernel's state after events were lost, and
 // reconciles.
 func (s *Service) resync() {
-	s.log.Warn("kernel events were lost: re-reading endpoints and limits; " +
-		"connections keep their last known state (the kernel cannot list them)")
+	s.log.Warn("kernel events were lost: re-reading endpoints, limits and connections")
 	s.refreshPathManager()
 	s.refreshLimits()
 	s.refreshEndpoints(nil)
+	s.syncConnections(false)
 	s.reconcile()
 }
 
@@ -272,9 +294,13 @@ func (s *Service) handleNet(ev NetEvent) {
 	first := ev.Kind == NetSynced && !s.synced
 	if first {
 		s.synced = true
+		s.syncConnections(true)
 	}
 	if s.updateUsable() || first {
 		s.reconcile()
+	}
+	if first {
+		close(s.ready)
 	}
 }
 
@@ -414,5 +440,6 @@ func (s *Service) refreshEndpoints(edit func([]policy.Endpoint) []policy.Endpoin
 		return
 	}
 	s.endpoints = next
+	s.saveRecord()
 	s.publishManager("Endpoints")
 }

@@ -16,6 +16,9 @@ type conn struct {
 	denyJoinID0 bool
 	userspace   bool
 	established bool
+	// adopted says the connection was listed before its CREATED was seen:
+	// a CREATED still queued then is the same connection, not a reuse.
+	adopted     bool
 	local       netip.AddrPort
 	remote      netip.AddrPort
 	subflows    []Subflow

@@ -1,6 +1,7 @@
 package pmtest
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -337,8 +338,56 @@ func (c *fakeConn) useLocal(op string, a pm.Address) error {
 			return refusal(op, syscall.EINVAL, "did not match address and id")
 		}
 	}
-	c.addrs = append(c.addrs, pm.Address{ID: a.ID, Addr: a.Addr, Port: a.Port})
+	c.addrs = append(c.addrs, pm.Address{ID: a.ID, Addr: a.Addr, Port: a.Port, Flags: a.Flags})
 	return nil
+}
+
+// Addresses lists the local addresses of a userspace-PM connection, as the
+// kernel's GET_ADDR with a token: those it announced (with FlagSignal) and
+// those its subflows use.
+func (k *FakeKernel) Addresses(token uint32) ([]pm.Address, error) {
+	const op = "list addresses"
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.begin("Addresses", token); err != nil {
+		return nil, err
+	}
+	c, err := k.userspaceConn(op, token)
+	if err != nil {
+		return nil, err
+	}
+	return slices.Clone(c.addrs), nil
+}
+
+// Connections lists the live connections with their subflows, as sock_diag
+// does (it is a service.Lister). Connections are established and on the
+// client side.
+func (k *FakeKernel) Connections() ([]pm.Connection, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.begin("Connections"); err != nil {
+		return nil, err
+	}
+	out := make([]pm.Connection, 0, len(k.conns))
+	for token, c := range k.conns {
+		pc := pm.Connection{Token: token, Local: c.local, Remote: c.remote, Established: true}
+		for _, sf := range c.subflows {
+			pc.Subflows = append(pc.Subflows, pm.Subflow{
+				LocalID: sf.localID, Local: sf.local, Remote: sf.remote, Backup: sf.backup,
+			})
+		}
+		out = append(out, pc)
+	}
+	slices.SortFunc(out, func(a, b pm.Connection) int { return cmp.Compare(a.Token, b.Token) })
+	return out, nil
+}
+
+// DropConnection closes the connection with this token without an event,
+// as when the daemon's event socket overflowed.
+func (k *FakeKernel) DropConnection(token uint32) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.conns, token)
 }
 
 // Announce records the announcement of a on the connection; id 0 and an id
