@@ -143,7 +143,8 @@ func (s *syncBuffer) String() string {
 // daemonSpec says how to run the daemon beyond the defaults.
 type daemonSpec struct {
 	// Args come after the defaults (--config EMPTY --policy none
-	// --log-level debug); a flag given again wins.
+	// --log-level debug --runtime-dir DIR-OF-THE-NAMESPACE); a flag given
+	// again wins.
 	Args []string
 	// Env is added to the environment (DBUS_SYSTEM_BUS_ADDRESS is set).
 	Env []string
@@ -173,13 +174,30 @@ func configArg(tb testing.TB, text string) string {
 	return "--config=" + p
 }
 
+// runtimeDirs holds each namespace's runtime directory (by the namespace's
+// name): the daemons of one namespace share it, as successive runs of the
+// unit share /run/mptcp-pmd.
+var runtimeDirs sync.Map
+
+// runtimeDir returns h's runtime directory, made for the test if new.
+func runtimeDir(tb testing.TB, h *pmtest.Host) string {
+	tb.Helper()
+	dir := filepath.Join(tb.TempDir(), "run")
+	if old, loaded := runtimeDirs.LoadOrStore(h.Name, dir); loaded {
+		return old.(string)
+	}
+	tb.Cleanup(func() { runtimeDirs.Delete(h.Name) })
+	return dir
+}
+
 // daemonCommand is the command line that runs the daemon in h with the
 // bus's address: ip netns exec NS mptcp-pmd DEFAULTS ARGS.
 func daemonCommand(ctx context.Context, tb testing.TB, h *pmtest.Host, bus *dbustest.Bus, spec daemonSpec) *exec.Cmd {
 	tb.Helper()
 	bin := binDir(tb)
 	args := append([]string{"netns", "exec", h.Name, filepath.Join(bin, "mptcp-pmd"),
-		configArg(tb, "# empty: the defaults\n"), "--policy", "none", "--log-level", "debug"}, spec.Args...)
+		configArg(tb, "# empty: the defaults\n"), "--policy", "none", "--log-level", "debug",
+		"--runtime-dir=" + runtimeDir(tb, h)}, spec.Args...)
 	cmd := exec.CommandContext(ctx, "ip", args...)
 	cmd.Env = append(append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+bus.Address()), spec.Env...)
 	cmd.Dir = built.root

@@ -19,12 +19,15 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/godbus/dbus/v5"
 
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi"
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/diag"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/netmon"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/policy"
@@ -57,6 +60,17 @@ type options struct {
 	logLevel   string
 	policy     string
 	importConf string // --import-mptcpd-conf: print this mptcpd.conf as TOML and exit
+	runtimeDir string // --runtime-dir: where the record of the daemon's endpoints is kept
+}
+
+// defaultRuntimeDir is where the daemon keeps what must outlive a restart
+// of the process but not a reboot: systemd's RuntimeDirectory= when the
+// unit sets it, else /run/mptcp-pmd.
+func defaultRuntimeDir() string {
+	if d := os.Getenv("RUNTIME_DIRECTORY"); d != "" && !strings.Contains(d, ":") {
+		return d
+	}
+	return "/run/mptcp-pmd"
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -68,6 +82,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fl.StringVar(&o.policy, "policy", "", "built-in `policy`: endpoints, subflow-per-interface, fullmesh, none (overrides the file)")
 	showVersion := fl.Bool("version", false, "print the version and exit")
 	fl.StringVar(&o.importConf, "import-mptcpd-conf", "", "print the TOML equivalent of mptcpd's configuration `file` and exit")
+	fl.StringVar(&o.runtimeDir, "runtime-dir", defaultRuntimeDir(), "`directory` of the record of the endpoints the daemon made, kept across restarts")
 	fl.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: mptcp-pmd [options]\n\nThe Multipath TCP path-manager daemon (D-Bus name org.mptcp.PathManager1).\n\nOptions:\n")
 		fl.PrintDefaults()
@@ -158,6 +173,7 @@ type pmd struct {
 
 	client *pmnl.Client
 	events *pmnl.EventListener
+	diag   *diag.Client
 	mon    *netmon.Monitor
 	conn   *dbus.Conn
 	svc    *service.Service
@@ -186,6 +202,9 @@ func (d *pmd) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if d.diag, err = diag.Dial(nil); err != nil {
+		return fmt.Errorf("sock_diag: %w", err)
+	}
 	if d.mon, err = netmon.Start(ctx, netmon.Options{}); err != nil {
 		return fmt.Errorf("network monitor: %w", err)
 	}
@@ -193,18 +212,46 @@ func (d *pmd) open(ctx context.Context) error {
 		return fmt.Errorf("system bus: %w", err)
 	}
 	var pub publisher
-	d.svc = service.New(d.cfg, service.Deps{
+	deps := service.Deps{
 		Kernel:    d.client,
+		Lister:    diagLister{d.diag},
 		Publisher: &pub,
 		Logger:    d.log,
 		Version:   version,
-	})
+	}
+	if rec := d.openRecord(); rec != nil {
+		deps.Record = rec
+	}
+	d.svc = service.New(d.cfg, deps)
 	d.auth = dbusapi.NewAuthorizer(d.conn, dbusapi.AuthOptions{Groups: d.cfg.AuthGroups, Logger: d.log})
 	if d.srv, err = dbusapi.New(d.conn, d.svc, dbusapi.Options{Authorizer: d.auth, Logger: d.log}); err != nil {
 		return err
 	}
 	pub.Publisher = d.srv
 	return nil
+}
+
+// recordFile is the name of the record of the daemon's endpoints in the
+// runtime directory.
+const recordFile = "endpoints.json"
+
+// openRecord returns the record of the daemon's endpoints in the runtime
+// directory, made if missing, or nil (with a warning) when there can be
+// none: then every endpoint found at start counts as external.
+func (d *pmd) openRecord() *service.FileRecord {
+	boot, err := service.CurrentBoot()
+	if err == nil {
+		err = os.MkdirAll(d.opts.runtimeDir, 0o755)
+	}
+	var ns string
+	if err == nil {
+		ns, err = service.CurrentNetNS()
+	}
+	if err != nil {
+		d.log.Warn("no record of the daemon's endpoints: after a restart they will count as external", "err", err)
+		return nil
+	}
+	return &service.FileRecord{Path: filepath.Join(d.opts.runtimeDir, recordFile), Boot: boot, NetNS: ns}
 }
 
 // close closes what open opened, in reverse order.
@@ -214,6 +261,9 @@ func (d *pmd) close() {
 	}
 	if d.conn != nil {
 		d.conn.Close()
+	}
+	if d.diag != nil {
+		d.diag.Close()
 	}
 	if d.events != nil {
 		d.events.Close()
@@ -233,6 +283,15 @@ func (d *pmd) serve(ctx context.Context, stop func(), hup <-chan os.Signal) erro
 
 	runErr := make(chan error, 1)
 	go func() { runErr <- d.svc.Run(ctx, kernelEvents, netEvents) }()
+	// The name appears once the start is complete: the host's addresses
+	// are known, the live connections adopted and the policy has acted.
+	select {
+	case <-d.svc.Ready():
+	case err := <-runErr:
+		return err
+	case <-ctx.Done():
+		return <-runErr
+	}
 	if err := d.srv.RequestName(ctx); err != nil {
 		stop()
 		<-runErr

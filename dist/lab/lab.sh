@@ -89,7 +89,7 @@ bus_up() {
 # daemon_up NS ARGS...: mptcp-pmd in namespace NS, logging to $work/daemon.log.
 daemon_up() {
 	local ns=$1; shift
-	ip netns exec "$ns" "$bin/mptcp-pmd" --config /dev/null "$@" 2>"$work/daemon.log" &
+	ip netns exec "$ns" "$bin/mptcp-pmd" --config /dev/null --runtime-dir "$work/run" "$@" 2>"$work/daemon.log" &
 	pids+=($!)
 	for _ in $(seq 100); do "$bin/mptcpctl" status >/dev/null 2>&1 && return; sleep 0.1; done
 	echo "$lab_name: mptcp-pmd did not come up:" >&2

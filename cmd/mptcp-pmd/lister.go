@@ -1,0 +1,60 @@
+package main
+
+import (
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/diag"
+)
+
+// diagLister lists the namespace's MPTCP connections for the service
+// (service.Lister) through sock_diag, in the form their events would have
+// given.
+type diagLister struct{ c *diag.Client }
+
+// Connections lists the connections and their joined subflows. A
+// connection without a token (still in its handshake) is left out: its
+// events will tell; so is a subflow still in its handshake.
+func (l diagLister) Connections() ([]pm.Connection, error) {
+	snap, err := l.c.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	return fromSnapshot(snap), nil
+}
+
+// fromSnapshot converts a sock_diag snapshot.
+func fromSnapshot(snap *diag.Snapshot) []pm.Connection {
+	out := make([]pm.Connection, 0, len(snap.Conns))
+	for _, cn := range snap.Conns {
+		if cn.Token == 0 {
+			continue
+		}
+		pc := pm.Connection{
+			Token:       cn.Token,
+			Local:       pm.CanonicalAddrPort(cn.Local),
+			Remote:      pm.CanonicalAddrPort(cn.Remote),
+			ServerSide:  cn.Side == diag.SideServer,
+			Established: !inHandshake(cn.State),
+		}
+		for _, sf := range cn.Subflows {
+			// The initial subflow is the connection's own (MP_CAPABLE);
+			// SUB_ESTABLISHED reports joins only, once established.
+			if sf.Flags&(diag.SubflowJoinLocal|diag.SubflowJoinRemote) == 0 || inHandshake(sf.State) {
+				continue
+			}
+			pc.Subflows = append(pc.Subflows, pm.Subflow{
+				LocalID:  sf.LocalID,
+				RemoteID: sf.RemoteID,
+				Local:    pm.CanonicalAddrPort(sf.Local),
+				Remote:   pm.CanonicalAddrPort(sf.Remote),
+				// SUB_ESTABLISHED carries the peer's backup request
+				// (docs/kernel-notes.md, "SUB_ESTABLISHED backup flag").
+				Backup:  sf.BackupRemote,
+				Ifindex: int32(sf.Ifindex),
+			})
+		}
+		out = append(out, pc)
+	}
+	return out
+}
+
+func inHandshake(s diag.State) bool { return s == diag.StateSynSent || s == diag.StateSynRecv }
