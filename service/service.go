@@ -205,6 +205,19 @@ func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-c
 			}
 			s.handleNet(ev)
 		case <-s.overflow:
+			// The events read before the overflow are in the channel
+			// already: apply them first.
+			for more := true; more; {
+				select {
+				case ev, ok := <-events:
+					if !ok {
+						return errClosed
+					}
+					s.handleEvent(ev)
+				default:
+					more = false
+				}
+			}
 			s.resync()
 		case <-s.retry.C:
 			s.retryDue()

@@ -363,7 +363,8 @@ func readEvents(l *pmnl.EventListener, out chan<- pm.Event, svc *service.Service
 		switch {
 		case err == nil:
 		case errors.Is(err, pmnl.ErrOverflow):
-			log.Warn("kernel events were lost (event socket overflow)")
+			n, err := l.Discard()
+			log.Warn("kernel events were lost (event socket overflow); the queued ones are dropped too", "dropped", n, "err", err)
 			svc.Overflow()
 		case errors.Is(err, pm.ErrInvalid):
 			log.Warn("malformed kernel event skipped", "err", err)

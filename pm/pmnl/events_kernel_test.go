@@ -409,6 +409,40 @@ func TestEventsOverflow(t *testing.T) {
 	}
 }
 
+// TestEventsDiscard: after an overflow, Discard drops what is queued, and
+// the listener then returns only newer events.
+func TestEventsDiscard(t *testing.T) {
+	h := pmtest.NewNamespace(t)
+	l := listen(t, h)
+	if err := churnListeners(h, 30000); err != nil {
+		t.Fatal(err)
+	}
+	l.SetDeadline(time.Now().Add(eventWait))
+	if _, err := l.Receive(nil); !errors.Is(err, pmnl.ErrOverflow) {
+		t.Fatalf("Receive after 60000 unread events: %v; want ErrOverflow", err)
+	}
+	n, err := l.Discard()
+	if err != nil || n < 1000 {
+		t.Fatalf("Discard = %d, %v; want the thousands of queued datagrams", n, err)
+	}
+	l.SetDeadline(time.Now().Add(50 * time.Millisecond))
+	if evs, err := l.Receive(nil); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Receive after Discard: %d events, %v; want nothing queued", len(evs), err)
+	}
+	l.SetDeadline(time.Time{})
+	if n, err := l.Discard(); n != 0 || err != nil {
+		t.Errorf("Discard of an empty queue = %d, %v", n, err)
+	}
+	if err := churnListeners(h, 1); err != nil {
+		t.Fatal(err)
+	}
+	l.SetDeadline(time.Now().Add(eventWait))
+	evs, err := l.Receive(nil)
+	if err != nil || len(evs) == 0 || evs[0].Type != pm.EventListenerCreated {
+		t.Errorf("Receive of a new event after Discard: %+v, %v", evs, err)
+	}
+}
+
 func TestEventListenerDeadlineAndClose(t *testing.T) {
 	h := pmtest.NewNamespace(t)
 	l := listen(t, h)

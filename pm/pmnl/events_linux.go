@@ -141,7 +141,8 @@ func (l *EventListener) recvfrom(fd uintptr) bool {
 //
 // When the kernel dropped events because the socket's buffer was full, the
 // error wraps ErrOverflow; the listener stays usable, and the caller must
-// resynchronise its state from the kernel. A malformed event is an error
+// Discard what is still queued and resynchronise its state from the
+// kernel. A malformed event is an error
 // wrapping pm.ErrInvalid, returned with the events of the same receive that
 // did decode. After the deadline set by SetDeadline the error wraps
 // os.ErrDeadlineExceeded; after Close it wraps net.ErrClosed.
@@ -217,6 +218,46 @@ func (l *EventListener) decode(evs []pm.Event, b []byte) ([]pm.Event, error) {
 		evs = append(evs, ev)
 	}
 	return evs, first
+}
+
+// Discard drops every event queued on the socket, without waiting for
+// more (a deadline set by SetDeadline still applies), and returns how many
+// datagrams it dropped. The kernel reports an
+// overflow before the events still queued, which are older than any state
+// the caller re-reads after it: applied after the re-read, a stale CREATED
+// whose CLOSED was lost would bring back a connection that is gone
+// (docs/kernel-notes.md, "Event socket overflow").
+func (l *EventListener) Discard() (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	var errno syscall.Errno
+	err := l.raw.Read(func(fd uintptr) bool {
+		for {
+			_, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd,
+				uintptr(unsafe.Pointer(&l.buf[0])), uintptr(len(l.buf)),
+				unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
+			switch e {
+			case 0:
+				n++
+			case unix.EINTR, unix.ENOBUFS: // ENOBUFS: more were lost meanwhile; as good as discarded
+			case unix.EAGAIN:
+				return true
+			default:
+				errno = e
+				return true
+			}
+		}
+	})
+	switch {
+	case err != nil && l.closed.Load():
+		return n, fmt.Errorf("pm: discard events: %w", net.ErrClosed)
+	case err != nil:
+		return n, fmt.Errorf("pm: discard events: %w", err)
+	case errno != 0:
+		return n, fmt.Errorf("pm: discard events: %w", os.NewSyscallError("recvfrom", errno))
+	}
+	return n, nil
 }
 
 // SetDeadline sets the time after which a pending or future Receive fails
