@@ -7,7 +7,7 @@ PKGS    := ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-short lint bench fuzz demo clean install uninstall
+.PHONY: all build test test-short lint bench bench-restart fuzz demo clean install uninstall
 
 all: build
 
@@ -31,9 +31,16 @@ lint:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 $(PKGS)
 
+# Lab scenario: the daemon's start-up with 0, 1000 and 10000 live
+# connections to adopt, and its repair after lost events with 10000 (a few
+# minutes; root, MPTCP and dbus-daemon).
+bench-restart: build
+	$(GO) test -run '^$$' -bench 'BenchmarkStartup|BenchmarkResync10000' -benchtime 3x -count=1 ./cmd/mptcp-pmd
+
 FUZZTIME ?= 60s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecodeEvent -fuzztime $(FUZZTIME) ./pm
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./pm/pmnl
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pm/diag
 
 clean:
 	rm -rf $(BIN)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
@@ -33,6 +34,7 @@ func (s *Service) syncConnections(quiet bool) bool {
 	if s.lister == nil {
 		return true
 	}
+	start := time.Now()
 	list, err := s.lister.Connections()
 	if err != nil {
 		s.log.Error("listing the kernel's MPTCP connections", "err", err)
@@ -77,9 +79,9 @@ func (s *Service) syncConnections(quiet bool) bool {
 			removed++
 		}
 	}
-	if adopted+updated+removed > 0 {
+	if adopted+updated+removed > 0 || !quiet {
 		s.log.Info("connections synchronised with the kernel's list",
-			"listed", len(listed), "adopted", adopted, "updated", updated, "removed", removed)
+			"listed", len(listed), "adopted", adopted, "updated", updated, "removed", removed, "took", time.Since(start))
 	}
 	return true
 }

@@ -60,6 +60,7 @@ var built struct {
 }
 
 func TestMain(m *testing.M) {
+	pmtest.HelperMain() // the benchmarks' server processes
 	code := m.Run()
 	if built.dir != "" {
 		os.RemoveAll(filepath.Dir(built.dir))

@@ -10,9 +10,10 @@ import (
 // given.
 type diagLister struct{ c *diag.Client }
 
-// Connections lists the connections and their joined subflows. A
-// connection without a token (still in its handshake) is left out: its
-// events will tell; so is a subflow still in its handshake.
+// Connections lists the connections and their joined subflows. Left out:
+// a connection without a token (still in its handshake: its events will
+// tell), one its application has closed (CLOSED was sent; the kernel
+// lingers over its FIN), and a subflow still in its handshake.
 func (l diagLister) Connections() ([]pm.Connection, error) {
 	snap, err := l.c.Snapshot()
 	if err != nil {
@@ -25,7 +26,7 @@ func (l diagLister) Connections() ([]pm.Connection, error) {
 func fromSnapshot(snap *diag.Snapshot) []pm.Connection {
 	out := make([]pm.Connection, 0, len(snap.Conns))
 	for _, cn := range snap.Conns {
-		if cn.Token == 0 {
+		if cn.Token == 0 || closedByApp(cn.Conn) {
 			continue
 		}
 		pc := pm.Connection{
@@ -58,3 +59,20 @@ func fromSnapshot(snap *diag.Snapshot) []pm.Connection {
 }
 
 func inHandshake(s diag.State) bool { return s == diag.StateSynSent || s == diag.StateSynRecv }
+
+// closedByApp reports whether the connection's application closed it: the
+// socket has no file any more (inode 0) and is closing. The kernel sent
+// CLOSED then, though it keeps listing the socket until its FIN exchange
+// ends (docs/kernel-notes.md, "Listing connections"). A connection the
+// application only shut down keeps its inode; one not yet accepted has
+// none but is not closing.
+func closedByApp(c diag.Conn) bool {
+	if c.Inode != 0 {
+		return false
+	}
+	switch c.State {
+	case diag.StateFinWait1, diag.StateFinWait2, diag.StateClosing, diag.StateLastAck, diag.StateTimeWait, diag.StateClose:
+		return true
+	}
+	return false
+}

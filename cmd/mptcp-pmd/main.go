@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/godbus/dbus/v5"
 
@@ -37,6 +38,10 @@ import (
 
 // version is set at build time (-ldflags "-X main.version=...").
 var version = "dev"
+
+// processStarted is about when the process started (package variables are
+// set before main runs): the daemon logs its start-up time from it.
+var processStarted = time.Now()
 
 const defaultConfigPath = "/etc/mptcp-pmd/mptcp-pmd.toml"
 
@@ -144,7 +149,7 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	d := &pmd{opts: o, cfg: cfg, level: new(slog.LevelVar)}
+	d := &pmd{started: processStarted, opts: o, cfg: cfg, level: new(slog.LevelVar)}
 	d.level.Set(cfg.LogLevel) // SIGHUP may change it
 	d.log = newLogger(stderr, d.level)
 	d.sd = newNotifier(d.log)
@@ -165,11 +170,12 @@ func run(args []string, stderr io.Writer) error {
 
 // pmd is one run of the daemon: its settings and what it opened.
 type pmd struct {
-	opts  options
-	cfg   service.Config
-	level *slog.LevelVar
-	log   *slog.Logger
-	sd    *notifier
+	started time.Time
+	opts    options
+	cfg     service.Config
+	level   *slog.LevelVar
+	log     *slog.Logger
+	sd      *notifier
 
 	client *pmnl.Client
 	events *pmnl.EventListener
@@ -306,7 +312,8 @@ func (d *pmd) serve(ctx context.Context, stop func(), hup <-chan os.Signal) erro
 		}
 	}
 	go trimMemory(ctx, trimInterval, trimThreshold, d.log)
-	d.log.Info("mptcp-pmd running", "version", version, "policy", d.cfg.Policy, "bus_name", dbusapi.BusName)
+	d.log.Info("mptcp-pmd running", "version", version, "policy", d.cfg.Policy, "bus_name", dbusapi.BusName,
+		"startup", time.Since(d.started).Round(time.Microsecond))
 	var err error
 	for done := false; !done; {
 		select {

@@ -392,3 +392,56 @@ func TestRecordNotTrusted(t *testing.T) {
 	})
 	d.stop(t)
 }
+
+// TestStartUnderChurn: the daemon starts while connections open and close
+// all the time; its start completes, and once the churn stops its objects
+// are the kernel's connections, with no ghost left.
+func TestStartUnderChurn(t *testing.T) {
+	s := newSetup(t, pmtest.LabOptions{Paths: 1})
+	cli, srv := s.lab.Client, s.lab.Server
+	server := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
+	var kept []net.Conn
+	for range 20 {
+		kept = append(kept, dial(t, cli, cli.Addrs4[0], server))
+	}
+	stop := make(chan struct{})
+	churned := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				churned <- n
+				return
+			default:
+			}
+			c, err := cli.DialErr(cli.Addrs4[0], server)
+			if err != nil {
+				continue
+			}
+			c.Write([]byte("x"))
+			if n%2 == 0 {
+				time.Sleep(time.Millisecond) // some close after their ESTABLISHED, some before
+			}
+			c.Close()
+			n++
+		}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	d := startDaemon(t, cli, s.bus)
+	time.Sleep(300 * time.Millisecond) // churn on after the start
+	close(stop)
+	t.Logf("%d connections opened and closed around the start", <-churned)
+	want := listed(t, cli)
+	if len(want) != len(kept) {
+		t.Logf("the kernel lists %d connections (%d kept; the others are closing)", len(want), len(kept))
+	}
+	eventually(t, reaction, "objects equal to the kernel's connections", func() bool {
+		want = listed(t, cli)
+		return slices.Equal(d.objectTokens(t), want)
+	})
+	for _, c := range kept {
+		c.Close()
+	}
+	eventually(t, reaction, "no object left", func() bool { return len(d.objectTokens(t)) == 0 })
+}

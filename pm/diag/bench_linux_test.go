@@ -27,7 +27,7 @@ func BenchmarkLab(b *testing.B) {
 		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
 			lab := pmtest.NewLab(b, pmtest.LabOptions{Paths: 1})
 			raiseFileLimit(b, uint64(n+1000))
-			addr := startHelperServer(b, lab.Server, netip.AddrPortFrom(lab.Server.Addrs4[0], 0))
+			addr := lab.Server.StartServer(b, netip.AddrPortFrom(lab.Server.Addrs4[0], 0))
 			start := time.Now()
 			dialMany(b, lab.Client, addr, n)
 			d := dialNS(b, lab.Client)

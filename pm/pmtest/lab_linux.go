@@ -268,6 +268,17 @@ func (h *Host) Listen(tb testing.TB, addr netip.AddrPort) *Server {
 // ends; the test fails if it cannot be made or does not use MPTCP.
 func (h *Host) Dial(tb testing.TB, local netip.Addr, remote netip.AddrPort) net.Conn {
 	tb.Helper()
+	c, err := h.DialErr(local, remote)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h.onCleanup(tb, func() { c.Close() })
+	return c
+}
+
+// DialErr is Dial for a goroutine other than the test's: it returns the
+// error, and the caller closes the connection.
+func (h *Host) DialErr(local netip.Addr, remote netip.AddrPort) (net.Conn, error) {
 	var c net.Conn
 	err := h.Do(func() (err error) {
 		d := net.Dialer{Timeout: 5 * time.Second}
@@ -279,16 +290,15 @@ func (h *Host) Dial(tb testing.TB, local netip.Addr, remote netip.AddrPort) net.
 		return err
 	})
 	if err != nil {
-		tb.Fatalf("pmtest: dial %s from %s in %s: %v", remote, local, h.Name, err)
+		return nil, fmt.Errorf("pmtest: dial %s from %s in %s: %w", remote, local, h.Name, err)
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		if mp, err := tc.MultipathTCP(); err != nil || !mp {
 			c.Close()
-			tb.Fatalf("pmtest: connection to %s fell back to TCP (mptcp=%v, %v)", remote, mp, err)
+			return nil, fmt.Errorf("pmtest: connection to %s fell back to TCP (mptcp=%v, %v)", remote, mp, err)
 		}
 	}
-	h.onCleanup(tb, func() { c.Close() })
-	return c
+	return c, nil
 }
 
 // onCleanup registers fn to run before the namespace goes, and with the test.
