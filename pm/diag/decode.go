@@ -105,48 +105,31 @@ func decodeConn(b []byte) (Conn, error) {
 //	80 u8 subflows_total (3 bytes)
 //	84 u32 last_data_sent, last_data_recv, last_ack_recv
 func decodeInfo(b []byte) Info {
+	f := fields(b)
 	var i Info
-	u8 := func(off int) uint8 {
-		if off < len(b) {
-			return b[off]
-		}
-		return 0
-	}
-	u32 := func(off int) uint32 {
-		if off+4 <= len(b) {
-			return ne.Uint32(b[off:])
-		}
-		return 0
-	}
-	u64 := func(off int) uint64 {
-		if off+8 <= len(b) {
-			return ne.Uint64(b[off:])
-		}
-		return 0
-	}
-	i.Subflows = u8(0)
-	i.AddAddrSignal = u8(1)
-	i.AddAddrAccepted = u8(2)
-	i.SubflowsMax = u8(3)
-	i.AddAddrSignalMax = u8(4)
-	i.AddAddrAcceptedMax = u8(5)
-	i.Flags = InfoFlags(u32(8))
-	i.Token = u32(12)
-	i.WriteSeq = u64(16)
-	i.SndUna = u64(24)
-	i.RcvNxt = u64(32)
-	i.LocalAddrUsed = u8(40)
-	i.LocalAddrMax = u8(41)
-	i.CsumEnabled = u8(42) != 0
-	i.Retransmits = u32(44)
-	i.BytesRetrans = u64(48)
-	i.BytesSent = u64(56)
-	i.BytesReceived = u64(64)
-	i.BytesAcked = u64(72)
-	i.SubflowsTotal = u8(80)
-	i.LastDataSent = u32(84)
-	i.LastDataRecv = u32(88)
-	i.LastAckRecv = u32(92)
+	i.Subflows = f.u8(0)
+	i.AddAddrSignal = f.u8(1)
+	i.AddAddrAccepted = f.u8(2)
+	i.SubflowsMax = f.u8(3)
+	i.AddAddrSignalMax = f.u8(4)
+	i.AddAddrAcceptedMax = f.u8(5)
+	i.Flags = InfoFlags(f.u32(8))
+	i.Token = f.u32(12)
+	i.WriteSeq = f.u64(16)
+	i.SndUna = f.u64(24)
+	i.RcvNxt = f.u64(32)
+	i.LocalAddrUsed = f.u8(40)
+	i.LocalAddrMax = f.u8(41)
+	i.CsumEnabled = f.u8(42) != 0
+	i.Retransmits = f.u32(44)
+	i.BytesRetrans = f.u64(48)
+	i.BytesSent = f.u64(56)
+	i.BytesReceived = f.u64(64)
+	i.BytesAcked = f.u64(72)
+	i.SubflowsTotal = f.u8(80)
+	i.LastDataSent = f.u32(84)
+	i.LastDataRecv = f.u32(88)
+	i.LastAckRecv = f.u32(92)
 	return i
 }
 
@@ -274,20 +257,9 @@ const (
 
 // decodeTCPInfo decodes a few fields of a struct tcp_info of any length.
 func decodeTCPInfo(b []byte) TCPInfo {
-	u32 := func(off int) uint32 {
-		if off+4 <= len(b) {
-			return ne.Uint32(b[off:])
-		}
-		return 0
-	}
-	u64 := func(off int) uint64 {
-		if off+8 <= len(b) {
-			return ne.Uint64(b[off:])
-		}
-		return 0
-	}
+	f := fields(b)
 	us := func(off int) time.Duration {
-		v := u32(off)
+		v := f.u32(off)
 		if v == ^uint32(0) { // tcpi_min_rtt before the first sample
 			return 0
 		}
@@ -297,12 +269,37 @@ func decodeTCPInfo(b []byte) TCPInfo {
 		RTT:           us(tcpiRTT),
 		RTTVar:        us(tcpiRTTVar),
 		MinRTT:        us(tcpiMinRTT),
-		SndMSS:        u32(tcpiSndMSS),
-		SndCwnd:       u32(tcpiSndCwnd),
-		TotalRetrans:  u32(tcpiTotalRetrans),
-		BytesAcked:    u64(tcpiBytesAcked),
-		BytesReceived: u64(tcpiBytesReceived),
-		BytesSent:     u64(tcpiBytesSent),
-		BytesRetrans:  u64(tcpiBytesRetrans),
+		SndMSS:        f.u32(tcpiSndMSS),
+		SndCwnd:       f.u32(tcpiSndCwnd),
+		TotalRetrans:  f.u32(tcpiTotalRetrans),
+		BytesAcked:    f.u64(tcpiBytesAcked),
+		BytesReceived: f.u64(tcpiBytesReceived),
+		BytesSent:     f.u64(tcpiBytesSent),
+		BytesRetrans:  f.u64(tcpiBytesRetrans),
 	}
+}
+
+// fields reads the native-endian fields of a struct that the kernel may
+// send shorter than this package knows it: a field past the end reads 0.
+type fields []byte
+
+func (b fields) u8(off int) uint8 {
+	if off < len(b) {
+		return b[off]
+	}
+	return 0
+}
+
+func (b fields) u32(off int) uint32 {
+	if off+4 <= len(b) {
+		return ne.Uint32(b[off:])
+	}
+	return 0
+}
+
+func (b fields) u64(off int) uint64 {
+	if off+8 <= len(b) {
+		return ne.Uint64(b[off:])
+	}
+	return 0
 }
