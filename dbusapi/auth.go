@@ -25,6 +25,19 @@ type Authorizer interface {
 	Authorize(ctx context.Context, sender string, uid uint32, interactive bool) error
 }
 
+// MethodAuthorizer is an Authorizer that is also told which method the
+// caller calls (the member name, e.g. "RevokeController"). The Server calls
+// AuthorizeMethod instead of Authorize when its Authorizer has it.
+//
+// A refusal of a caller that could authenticate, when interactive is
+// false, should wrap ErrInteractiveAuthorizationRequired: the caller is then
+// answered org.freedesktop.DBus.Error.InteractiveAuthorizationRequired and
+// may call again allowing interaction.
+type MethodAuthorizer interface {
+	Authorizer
+	AuthorizeMethod(ctx context.Context, method, sender string, uid uint32, interactive bool) error
+}
+
 // rootOnly is the default Authorizer: UID 0 only.
 type rootOnly struct{}
 
@@ -36,8 +49,15 @@ func (rootOnly) Authorize(_ context.Context, sender string, uid uint32, _ bool) 
 }
 
 // PolkitAction is the polkit action a caller needs for the mutating methods
-// when it is neither root nor in an allowed group.
+// (RevokeController included) when it is neither root nor in an allowed
+// group.
 const PolkitAction = "org.mptcp.pathmanager1.control"
+
+// PolkitDetailMethod is the key of the detail that names the method called
+// (e.g. "RevokeController") in the checks of AuthorizeMethod: a polkit rule
+// reads it with action.lookup("method"), for example to let a group
+// control paths but not revoke another controller's claim.
+const PolkitDetailMethod = "method"
 
 // polkit's authority on the bus.
 const (
@@ -78,11 +98,15 @@ type AuthOptions struct {
 //     say, the groups of the caller's user;
 //   - a caller polkit authorizes for PolkitAction: CheckAuthorization with
 //     the caller's bus name as the subject, allowing user interaction only
-//     when the caller allowed interactive authorization.
+//     when the caller allowed interactive authorization, and (from
+//     AuthorizeMethod) the method's name as the detail PolkitDetailMethod.
 //
 // Everyone else is refused with an error wrapping
 // service.ErrPermissionDenied, and so is everyone else when polkit cannot
 // be asked (not installed, not running, an error or no answer in time).
+// When polkit would authorize the caller after authentication (a
+// challenge) but the call did not allow interaction, the refusal wraps
+// ErrInteractiveAuthorizationRequired.
 // Nothing is cached: polkit has its own cache, and the rest is cheap.
 func NewAuthorizer(conn *dbus.Conn, opts AuthOptions) *BusAuthorizer {
 	a := &BusAuthorizer{conn: conn, log: opts.Logger}
@@ -115,8 +139,14 @@ func (a *BusAuthorizer) SetGroups(groups []string) {
 	a.groups.Store(&g)
 }
 
-// Authorize implements Authorizer.
+// Authorize implements Authorizer: AuthorizeMethod without a method name.
 func (a *BusAuthorizer) Authorize(ctx context.Context, sender string, uid uint32, interactive bool) error {
+	return a.AuthorizeMethod(ctx, "", sender, uid, interactive)
+}
+
+// AuthorizeMethod implements MethodAuthorizer. A method name that is not
+// "" goes to polkit as the detail PolkitDetailMethod.
+func (a *BusAuthorizer) AuthorizeMethod(ctx context.Context, method, sender string, uid uint32, interactive bool) error {
 	if uid == 0 {
 		return nil
 	}
@@ -130,7 +160,7 @@ func (a *BusAuthorizer) Authorize(ctx context.Context, sender string, uid uint32
 			return nil
 		}
 	}
-	return a.polkit(ctx, sender, uid, interactive)
+	return a.polkit(ctx, method, sender, uid, interactive)
 }
 
 // inGroup reports whether the caller is in one of the allowed groups, and
@@ -219,8 +249,16 @@ type polkitResult struct {
 	Details    map[string]string
 }
 
-// polkit asks polkit whether the caller may perform PolkitAction.
-func (a *BusAuthorizer) polkit(ctx context.Context, sender string, uid uint32, interactive bool) error {
+// polkit asks polkit whether the caller may perform PolkitAction, for the
+// method (a detail, unless "").
+//
+// polkit answers (is_authorized, is_challenge): authorized; or not, but it
+// would be after the caller authenticates (a challenge: auth_admin and
+// the like). A challenge to a call that did not allow interaction is
+// ErrInteractiveAuthorizationRequired, so that the client may ask again
+// with the flag; to one that did, polkit has already tried (no agent, or
+// the person gave up) and it is a refusal.
+func (a *BusAuthorizer) polkit(ctx context.Context, method, sender string, uid uint32, interactive bool) error {
 	flags, timeout := uint32(0), polkitTimeout
 	if interactive {
 		flags, timeout = polkitAllowUserInteraction, polkitInteractiveTimeout
@@ -228,9 +266,13 @@ func (a *BusAuthorizer) polkit(ctx context.Context, sender string, uid uint32, i
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	subject := polkitSubject{Kind: "system-bus-name", Details: map[string]dbus.Variant{"name": dbus.MakeVariant(sender)}}
+	details := map[string]string{}
+	if method != "" {
+		details[PolkitDetailMethod] = method
+	}
 	var r polkitResult
 	err := a.conn.Object(polkitName, polkitPath).CallWithContext(ctx, polkitMethod, 0,
-		subject, PolkitAction, map[string]string{}, flags, "").Store(&r)
+		subject, PolkitAction, details, flags, "").Store(&r)
 	if err != nil {
 		a.polkitUnavailable(err)
 		return fmt.Errorf("%w: %s (uid %d) is not root and not in an allowed group, and polkit could not be asked: %v",
@@ -241,7 +283,7 @@ func (a *BusAuthorizer) polkit(ctx context.Context, sender string, uid uint32, i
 	}
 	if r.Challenge && !interactive {
 		return fmt.Errorf("%w: %s (uid %d) needs to authenticate for %s: call again allowing interactive authorization",
-			service.ErrPermissionDenied, sender, uid, PolkitAction)
+			ErrInteractiveAuthorizationRequired, sender, uid, PolkitAction)
 	}
 	return fmt.Errorf("%w: polkit does not authorize %s (uid %d) for %s", service.ErrPermissionDenied, sender, uid, PolkitAction)
 }

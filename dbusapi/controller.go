@@ -1,38 +1,77 @@
 package dbusapi
 
 import (
+	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/godbus/dbus/v5"
 
 	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
 
+// ControllerRevoker is implemented by a Backend that can end a controller's
+// claim at an administrator's request (Manager.RevokeController);
+// *service.Service does. The backend tells the controller (a
+// service.ControllerReleased with the reason "revoked") and resumes the
+// built-in policy. Without a claim the error matches
+// service.ErrNotController.
+type ControllerRevoker interface {
+	RevokeController(ctx context.Context, c service.Caller) error
+}
+
+var _ ControllerRevoker = (*service.Service)(nil)
+
 // controllers watches the unique names of registered controllers and tells
-// the backend when one leaves the bus.
+// the backend when one leaves the bus. It also tells the UID cache
+// (inFlight.uids) of every name that leaves.
 //
 // Each RegisterController adds one NameOwnerChanged match rule for the
 // caller's name (arg0), before the name is checked, so a caller that leaves
 // while registering is not missed. The rule goes again with
 // UnregisterController, a failed registration, the name's departure, or the
-// daemon's release of the claim.
+// daemon's release of the claim. One more rule, for as long as the server
+// runs, matches every name that loses its owner (arg2 ""), for the UID
+// cache.
+//
+// claims are the claims registered through this server, by name: the
+// holder of one may give it up without being authorized again.
 type controllers struct {
 	s    *Server
 	sigs chan *dbus.Signal
 	done chan struct{}
 	wg   sync.WaitGroup
 
-	mu    sync.Mutex
-	rules map[string]int // unique name -> match rules in place for it
+	departures bool // the rule for every departure is in place
+
+	mu     sync.Mutex
+	rules  map[string]int    // unique name -> match rules in place for it
+	claims map[string]string // unique name -> the path of its claim
 }
+
+// departuresTimeout bounds the calls that add and remove the match rule
+// for every departure.
+const departuresTimeout = 10 * time.Second
 
 func (c *controllers) start(s *Server) {
 	c.s = s
 	c.rules = make(map[string]int)
-	c.sigs = make(chan *dbus.Signal, 64)
+	c.claims = make(map[string]string)
+	c.sigs = make(chan *dbus.Signal, 256)
 	c.done = make(chan struct{})
 	s.conn.Signal(c.sigs)
+	// Without the rule the server works, but keeps no UIDs: it asks the
+	// bus at every call.
+	ctx, cancel := context.WithTimeout(s.ctx, departuresTimeout)
+	err := s.conn.AddMatchSignalContext(ctx, matchDepartures()...)
+	cancel()
+	if err != nil {
+		s.log.Warn("dbusapi: cannot watch callers leaving the bus: their UIDs are asked at every call", "err", err)
+	} else {
+		c.departures = true
+		s.inFlight.uids.keep.Store(true)
+	}
 	c.wg.Add(1)
 	go c.run()
 }
@@ -41,6 +80,15 @@ func (c *controllers) stop() {
 	c.s.conn.RemoveSignal(c.sigs)
 	close(c.done)
 	c.wg.Wait()
+	if c.departures {
+		c.departures = false
+		c.s.inFlight.uids.keep.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), departuresTimeout)
+		defer cancel()
+		if err := c.s.conn.RemoveMatchSignalContext(ctx, matchDepartures()...); err != nil {
+			c.s.log.Debug("dbusapi: remove match rule", "err", err)
+		}
+	}
 }
 
 func (c *controllers) run() {
@@ -54,6 +102,7 @@ func (c *controllers) run() {
 				return
 			}
 			if name, gone := nameGone(sig); gone {
+				c.s.inFlight.uids.forget(name)
 				c.vanished(name)
 			}
 		}
@@ -82,6 +131,18 @@ func matchName(name string) []dbus.MatchOption {
 	}
 }
 
+// matchDepartures matches every NameOwnerChanged saying that a name lost
+// its owner.
+func matchDepartures() []dbus.MatchOption {
+	return []dbus.MatchOption{
+		dbus.WithMatchSender("org.freedesktop.DBus"),
+		dbus.WithMatchObjectPath("/org/freedesktop/DBus"),
+		dbus.WithMatchInterface("org.freedesktop.DBus"),
+		dbus.WithMatchMember("NameOwnerChanged"),
+		dbus.WithMatchArg(2, ""),
+	}
+}
+
 // register watches the caller's name, registers the claim with the backend
 // and then checks that the name still has an owner.
 func (c *controllers) register(caller service.Caller, path string) error {
@@ -104,8 +165,23 @@ func (c *controllers) register(caller service.Caller, path string) error {
 		// before the backend knew the claim: end the claim now.
 		c.unwatch(name, c.count(name))
 		c.s.b.ControllerVanished(name)
+		return nil
 	}
+	c.mu.Lock()
+	if c.rules[name] > 0 { // else the claim ended already (the daemon released it)
+		c.claims[name] = path
+	}
+	c.mu.Unlock()
 	return nil
+}
+
+// holds reports whether name holds the claim with path, as registered
+// through this server and not ended since.
+func (c *controllers) holds(name, path string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.claims[name]
+	return ok && p == path
 }
 
 func (c *controllers) unregister(caller service.Caller, path string) error {
@@ -131,10 +207,12 @@ func (c *controllers) vanished(name string) {
 func (c *controllers) release(n service.ControllerReleased) {
 	path := dbus.ObjectPath(n.Path)
 	if path.IsValid() && n.Name != "" {
-		call := c.s.conn.Object(n.Name, path).Go(ControllerInterface+".Release", dbus.FlagNoReplyExpected, nil, n.Reason)
-		if call.Err != nil {
-			c.s.log.Warn("dbusapi: send Release", "controller", n.Name, "path", n.Path, "err", call.Err)
-		}
+		c.s.em.call(func() { // in order with the signals, and never from the service loop
+			call := c.s.conn.Object(n.Name, path).Go(ControllerInterface+".Release", dbus.FlagNoReplyExpected, nil, n.Reason)
+			if call.Err != nil {
+				c.s.log.Warn("dbusapi: send Release", "controller", n.Name, "path", n.Path, "err", call.Err)
+			}
+		})
 	} else {
 		c.s.log.Warn("dbusapi: cannot send Release", "controller", n.Name, "path", n.Path)
 	}
@@ -155,13 +233,15 @@ func (c *controllers) count(name string) int {
 	return c.rules[name]
 }
 
-// drop forgets up to k rules of name and returns how many it forgot.
+// drop forgets up to k rules of name and returns how many it forgot. A
+// claim stands on one rule: the claim of a name without rules is gone.
 func (c *controllers) drop(name string, k int) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k = min(k, c.rules[name])
 	if c.rules[name] -= k; c.rules[name] <= 0 {
 		delete(c.rules, name)
+		delete(c.claims, name)
 	}
 	return k
 }

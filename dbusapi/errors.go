@@ -2,6 +2,7 @@ package dbusapi
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/godbus/dbus/v5"
 
@@ -22,6 +23,19 @@ const (
 	ErrorBusy              = ErrorPrefix + "Busy"
 )
 
+// ErrorInteractiveAuthorizationRequired is the standard D-Bus error for a
+// call that would be authorized after the caller authenticates, when the
+// call did not allow interactive authorization (the message flag
+// ALLOW_INTERACTIVE_AUTHORIZATION).
+const ErrorInteractiveAuthorizationRequired = "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
+
+// ErrInteractiveAuthorizationRequired is wrapped by an Authorizer's refusal
+// of a caller that could be authorized interactively (polkit's challenge)
+// when the call did not allow it. It wraps service.ErrPermissionDenied, so
+// it is a refusal like any other, but the caller is answered
+// ErrorInteractiveAuthorizationRequired: it may call again with the flag.
+var ErrInteractiveAuthorizationRequired = fmt.Errorf("%w: interactive authorization required", service.ErrPermissionDenied)
+
 // Standard D-Bus error names used by the Properties implementation.
 const (
 	errorUnknownInterface = "org.freedesktop.DBus.Error.UnknownInterface"
@@ -33,6 +47,7 @@ var errorNames = []struct {
 	err  error
 	name string
 }{
+	{ErrInteractiveAuthorizationRequired, ErrorInteractiveAuthorizationRequired}, // before ErrPermissionDenied, which it wraps
 	{service.ErrInvalidArguments, ErrorInvalidArguments},
 	{service.ErrPermissionDenied, ErrorPermissionDenied},
 	{service.ErrAlreadyControlled, ErrorAlreadyControlled},
@@ -45,7 +60,8 @@ var errorNames = []struct {
 }
 
 // ErrorName returns the D-Bus error name for err: the name of the service
-// sentinel it matches, or ErrorFailed.
+// sentinel (or ErrInteractiveAuthorizationRequired) it matches, or
+// ErrorFailed.
 func ErrorName(err error) string {
 	for _, e := range errorNames {
 		if errors.Is(err, e.err) {

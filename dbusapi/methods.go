@@ -22,6 +22,7 @@ func (s *Server) managerMethods() map[string]any {
 	return map[string]any{
 		"RegisterController":   s.registerController,
 		"UnregisterController": s.unregisterController,
+		"RevokeController":     s.revokeController,
 		"GetConnectionByToken": s.getConnectionByToken,
 		"AddEndpoint":          s.addEndpoint,
 		"RemoveEndpoint":       s.removeEndpoint,
@@ -42,23 +43,45 @@ func (s *Server) connectionMethods() map[string]any {
 	}
 }
 
-// authorize identifies the sender of msg (its unique name and UID) and asks
-// the Authorizer whether it may call a mutating method.
-func (s *Server) authorize(msg dbus.Message) (service.Caller, *dbus.Error) {
+// caller identifies the sender of msg: its unique name and UID (from the
+// cache the guard filled).
+func (s *Server) caller(msg dbus.Message) (service.Caller, *dbus.Error) {
 	sender := msgSender(msg)
 	if sender == "" {
 		return service.Caller{}, dbusError(fmt.Errorf("%w: the call has no sender", service.ErrPermissionDenied))
 	}
-	var uid uint32
-	err := s.conn.BusObject().CallWithContext(s.ctx, "org.freedesktop.DBus.GetConnectionUnixUser", 0, sender).Store(&uid)
+	uid, err := s.inFlight.uids.lookup(s.ctx, sender)
 	if err != nil {
 		return service.Caller{}, dbusError(fmt.Errorf("dbusapi: identify caller %s: %w", sender, err))
 	}
+	return service.Caller{Name: sender, UID: uid}, nil
+}
+
+// authorize identifies the sender of msg and asks the Authorizer whether it
+// may call a mutating method (the member of msg), once the user's turn
+// among its authorization checks has come.
+func (s *Server) authorize(msg dbus.Message) (service.Caller, *dbus.Error) {
+	c, derr := s.caller(msg)
+	if derr != nil {
+		return service.Caller{}, derr
+	}
 	interactive := msg.Flags&dbus.FlagAllowInteractiveAuthorization != 0
-	if err := s.auth.Authorize(s.ctx, sender, uid, interactive); err != nil {
+	end := s.inFlight.startCheck(s.ctx, c.UID, interactive)
+	if end == nil {
+		return service.Caller{}, dbusError(fmt.Errorf("%w: too many authorization checks in flight for uid %d", service.ErrBusy, c.UID))
+	}
+	defer end()
+	var err error
+	if ma, ok := s.auth.(MethodAuthorizer); ok {
+		member, _ := msg.Headers[dbus.FieldMember].Value().(string)
+		err = ma.AuthorizeMethod(s.ctx, member, c.Name, c.UID, interactive)
+	} else {
+		err = s.auth.Authorize(s.ctx, c.Name, c.UID, interactive)
+	}
+	if err != nil {
 		return service.Caller{}, dbusError(err)
 	}
-	return service.Caller{Name: sender, UID: uid}, nil
+	return c, nil
 }
 
 func invalid(format string, args ...any) *dbus.Error {
@@ -182,15 +205,58 @@ func (s *Server) registerController(msg dbus.Message, path dbus.ObjectPath, opts
 	return dbusError(s.ctl.register(c, string(path)))
 }
 
+// unregisterController ends the caller's claim. The name that holds the
+// claim is not authorized again: it was when it registered, giving control
+// back needs no privilege, and its authorization may since have lapsed
+// (polkit's temporary authorization expires). Anyone else is authorized
+// first, as for every mutating method, and then refused by the backend
+// (NotController).
 func (s *Server) unregisterController(msg dbus.Message, path dbus.ObjectPath) *dbus.Error {
 	if err := checkObjectPath("controller", path); err != nil {
 		return err
 	}
-	c, derr := s.authorize(msg)
+	var (
+		c    service.Caller
+		derr *dbus.Error
+	)
+	if s.holdsClaim(msgSender(msg), string(path)) {
+		c, derr = s.caller(msg)
+	} else {
+		c, derr = s.authorize(msg)
+	}
 	if derr != nil {
 		return derr
 	}
 	return dbusError(s.ctl.unregister(c, string(path)))
+}
+
+// holdsClaim reports whether sender holds the claim with path: the
+// service's published state names it the controller, and it registered
+// that path through this server. The backend checks again as it ends the
+// claim.
+func (s *Server) holdsClaim(sender, path string) bool {
+	if sender == "" {
+		return false
+	}
+	s.mu.RLock()
+	controller := s.manager.Controller
+	s.mu.RUnlock()
+	return controller == sender && s.ctl.holds(sender, path)
+}
+
+// revokeController ends the claim of whoever holds it, at an authorized
+// caller's request: the backend tells the controller (Release "revoked")
+// and resumes the built-in policy. Without a claim it is NotController.
+func (s *Server) revokeController(msg dbus.Message) *dbus.Error {
+	c, derr := s.authorize(msg)
+	if derr != nil {
+		return derr
+	}
+	r, ok := s.b.(ControllerRevoker)
+	if !ok {
+		return dbusError(fmt.Errorf("%w: revoke controller: this backend cannot", service.ErrNotSupported))
+	}
+	return dbusError(r.RevokeController(s.ctx, c))
 }
 
 func (s *Server) getConnectionByToken(token uint32) (dbus.ObjectPath, *dbus.Error) {

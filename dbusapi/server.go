@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/godbus/dbus/v5"
 
@@ -65,6 +66,26 @@ type Options struct {
 	// in flight; a call beyond it is answered Busy at once. 0 means
 	// DefaultMaxInFlight.
 	MaxInFlight int
+	// MaxInFlightPerUID bounds the calls all the connections of one user
+	// (the sender's UID on the bus) may have in flight together; a call
+	// beyond it is answered Busy at once. Root is bounded per sender only.
+	// 0 means DefaultMaxInFlightPerUID.
+	MaxInFlightPerUID int
+	// MaxAuthChecksPerUID bounds the authorization checks (the
+	// Authorizer's, which asks polkit) the calls of one user may have
+	// running at once; a check beyond it waits for one to end, at most as
+	// long as a polkit check may take (5 s, 25 s for an interactive one),
+	// and is then answered Busy. Root needs no check. 0 means
+	// DefaultMaxAuthChecksPerUID.
+	MaxAuthChecksPerUID int
+	// SignalQueue bounds the signals other than PropertiesChanged that
+	// may wait to be sent (the emitter); beyond it they are dropped and
+	// counted. 0 means DefaultSignalQueue.
+	SignalQueue int
+
+	// authCheckWait replaces the wait for an authorization check's turn
+	// (tests).
+	authCheckWait time.Duration
 }
 
 // Server exports the service's objects on a bus connection. Create it with
@@ -77,6 +98,7 @@ type Server struct {
 	log  *slog.Logger
 
 	inFlight *inFlight // calls in flight per sender
+	em       *emitter  // sends the signals Publish queues
 
 	ctx    context.Context // for requests to the backend; done at Close
 	cancel context.CancelFunc
@@ -110,7 +132,7 @@ func New(conn *dbus.Conn, b Backend, opts Options) (*Server, error) {
 		log:   opts.Logger,
 		conns: make(map[uint64]service.Connection),
 
-		inFlight: newInFlight(opts.MaxInFlight),
+		inFlight: newInFlight(conn, opts),
 	}
 	if s.auth == nil {
 		s.auth = rootOnly{}
@@ -118,6 +140,7 @@ func New(conn *dbus.Conn, b Backend, opts Options) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.em = newEmitter(conn, s.log, opts.SignalQueue)
 	var err error
 	if s.managerXML, err = objectXML(ManagerInterface, true); err != nil {
 		return nil, err
@@ -126,12 +149,14 @@ func New(conn *dbus.Conn, b Backend, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	// The controller watch is ready before the first method can arrive.
+	// The watch of controllers and of departed callers (whose UIDs are
+	// forgotten) is ready before the first method can arrive.
 	s.ctl.start(s)
 	if err := s.export(); err != nil {
 		s.unexport()
 		s.ctl.stop()
 		s.cancel()
+		s.em.stop(0)
 		return nil, err
 	}
 	return s, nil
@@ -186,29 +211,49 @@ func (s *Server) unexport() {
 // RequestName loads the current state from the backend (so the objects are
 // complete the moment the name appears), then requests the name
 // org.mptcp.PathManager1 without queueing. When another connection owns
-// the name, the error wraps ErrNameTaken.
+// the name and answers a Ping, the error wraps ErrNameTaken.
+//
+// An owner that does not answer may be the connection of a daemon that
+// died while the bus was not reading it (a client that never reads its
+// signals made the bus stop reading the daemon): the bus notices such a
+// hang-up only when it writes to the connection, which the Ping makes it
+// do. The name is then requested again.
 func (s *Server) RequestName(ctx context.Context) error {
 	if err := s.load(ctx); err != nil {
 		return err
 	}
-	var reply uint32
-	err := s.conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.RequestName", 0,
-		BusName, uint32(dbus.NameFlagDoNotQueue)).Store(&reply)
-	if err != nil {
-		return fmt.Errorf("dbusapi: request the name %s: %w", BusName, err)
-	}
-	switch dbus.RequestNameReply(reply) {
-	case dbus.RequestNameReplyPrimaryOwner, dbus.RequestNameReplyAlreadyOwner:
-		return nil
-	case dbus.RequestNameReplyExists:
-		var owner string
-		if err := s.conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetNameOwner", 0, BusName).Store(&owner); err != nil {
-			owner = "another connection"
+	for attempt := 1; ; attempt++ {
+		var reply uint32
+		err := s.conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.RequestName", 0,
+			BusName, uint32(dbus.NameFlagDoNotQueue)).Store(&reply)
+		if err != nil {
+			return fmt.Errorf("dbusapi: request the name %s: %w", BusName, err)
 		}
-		return fmt.Errorf("dbusapi: %s is owned by %s (is another mptcp-pmd running?): %w", BusName, owner, ErrNameTaken)
-	default:
-		return fmt.Errorf("dbusapi: request the name %s: unexpected reply %q", BusName, dbus.RequestNameReply(reply))
+		switch dbus.RequestNameReply(reply) {
+		case dbus.RequestNameReplyPrimaryOwner, dbus.RequestNameReplyAlreadyOwner:
+			return nil
+		case dbus.RequestNameReplyExists:
+			var owner string
+			if err := s.conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetNameOwner", 0, BusName).Store(&owner); err != nil {
+				owner = "another connection"
+			}
+			if attempt < 3 && !s.answers(ctx, owner) {
+				s.log.Warn("dbusapi: the owner of the name does not answer: requesting the name again", "owner", owner)
+				continue
+			}
+			return fmt.Errorf("dbusapi: %s is owned by %s (is another mptcp-pmd running?): %w", BusName, owner, ErrNameTaken)
+		default:
+			return fmt.Errorf("dbusapi: request the name %s: unexpected reply %q", BusName, dbus.RequestNameReply(reply))
+		}
 	}
+}
+
+// answers reports whether the connection named owner answers a Ping
+// within a second.
+func (s *Server) answers(ctx context.Context, owner string) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	return s.conn.Object(owner, "/").CallWithContext(ctx, "org.freedesktop.DBus.Peer.Ping", 0).Err == nil
 }
 
 // load fills the mirror from the backend. The service may publish while the
@@ -260,18 +305,19 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.cancel()
+	// What the service published last (a Release at shutdown) goes out,
+	// unless the bus does not take it within a second.
+	s.em.flush(time.Second)
+	s.em.stop(100 * time.Millisecond)
 	s.unexport()
 	s.ctl.stop()
 	return nil
 }
 
-// Publish turns a service notification into the mirror's new state and the
-// matching signals, emitted before Publish returns and so in the order of
-// the notifications. It satisfies service.Publisher.
-//
-// Emitting synchronously keeps the order without a queue and its goroutine;
-// it costs one write to the bus socket per signal, and dbus-daemon reads its
-// clients without waiting on anyone, so Publish does not wait for clients.
+// Publish turns a service notification into the mirror's new state and
+// queues the matching signals, in the order of the notifications, for the
+// emitter to send. It never waits for the bus. It satisfies
+// service.Publisher.
 func (s *Server) Publish(n service.Notification) {
 	s.pubMu.Lock()
 	defer s.pubMu.Unlock()
@@ -368,17 +414,22 @@ func (s *Server) emitOnConnection(id uint64, member string, args ...any) {
 }
 
 func (s *Server) emitChanged(path dbus.ObjectPath, iface string, changed map[string]dbus.Variant) {
-	if len(changed) == 0 {
-		return
-	}
-	s.emit(path, propertiesInterface+".PropertiesChanged", iface, changed, []string{})
+	s.em.changed(path, iface, changed)
 }
 
 func (s *Server) emit(path dbus.ObjectPath, name string, args ...any) {
-	if err := s.conn.Emit(path, name, args...); err != nil {
-		s.log.Warn("dbusapi: emit signal", "path", path, "signal", name, "err", err)
-	}
+	s.em.signal(path, name, args...)
 }
+
+// SignalsDropped returns how many signals were dropped because the bus did
+// not take them as fast as they came (Options.SignalQueue).
+func (s *Server) SignalsDropped() uint64 { return s.em.dropped.Load() }
+
+// Stalled returns how long the signal being sent has waited for the bus to
+// take it, or 0: a bus that does not read the daemon's connection (a client
+// that does not read its signals holds them, charged to the daemon) stalls
+// the method replies too.
+func (s *Server) Stalled() time.Duration { return s.em.stalled() }
 
 // connectionObject is a connection object's entry in GetManagedObjects and
 // InterfacesAdded: its interfaces with their properties. Like BlueZ and

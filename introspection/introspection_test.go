@@ -19,6 +19,7 @@ var contract = map[string]struct {
 		methods: map[string]string{
 			"RegisterController":   "oa{sv}->",
 			"UnregisterController": "o->",
+			"RevokeController":     "->", // an addition to version 1 (taking control back)
 			"GetConnectionByToken": "u->o",
 			"AddEndpoint":          "sqassy->y",
 			"RemoveEndpoint":       "y->",

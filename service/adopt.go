@@ -199,7 +199,7 @@ func (s *Service) adoptAnnouncements(c *conn) {
 // err.
 func (s *Service) gone(c *conn, err error) error {
 	if errors.Is(err, pm.ErrUnknownToken) && s.conns.byToken[c.token] == c {
-		s.log.Info("connection closed: the kernel no longer knows its token", "token", c.token)
+		s.log.Debug("connection closed: the kernel no longer knows its token", "token", c.token)
 		s.conns.closed.add(c.token)
 		s.drop(c)
 	}

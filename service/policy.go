@@ -1,9 +1,11 @@
 package service
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
@@ -329,7 +331,15 @@ func (s *Service) connAction(c *conn, a policy.Action) {
 
 // refused logs a refused action on c and backs off its local address.
 func (s *Service) refused(c *conn, a policy.Action, err error) {
-	s.log.Warn("policy: the kernel refused", "action", a.String(), "token", c.token, "err", err)
+	switch {
+	case errors.Is(err, pm.ErrUnknownToken):
+		return // the connection closed meanwhile (gone dropped it)
+	case errors.Is(err, syscall.ENOTCONN):
+		// The connection is closing: nothing to warn about.
+		s.log.Debug("policy: the kernel refused", "action", a.String(), "token", c.token, "err", err)
+	default:
+		s.log.Warn("policy: the kernel refused", "action", a.String(), "token", c.token, "err", err)
+	}
 	s.fail(c, a.Local)
 }
 

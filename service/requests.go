@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"syscall"
@@ -453,7 +454,24 @@ func (s *Service) UnregisterController(ctx context.Context, c Caller, path strin
 		if s.ctl == nil || s.ctl.name != c.Name || s.ctl.path != path {
 			return reqErrorf(ErrNotController, "%s: %s has no claim with path %q", op, c.Name, path)
 		}
-		s.releaseController("unregistered")
+		s.releaseController("unregistered", "")
+		return nil
+	})
+}
+
+// RevokeController ends the claim at caller c's request: an administrator
+// takes control back from a controller that is stuck. The controller is
+// told (ControllerReleased with the reason "revoked", after the
+// ManagerChanged that ends the claim) and the built-in policy takes over,
+// as when a controller leaves. c must have been authorized; it need not be
+// the controller. Without a claim it is ErrNotController.
+func (s *Service) RevokeController(ctx context.Context, c Caller) error {
+	const op = "revoke controller"
+	return do(ctx, s, op, func() error {
+		if s.ctl == nil {
+			return reqErrorf(ErrNotController, "%s: no controller is registered", op)
+		}
+		s.releaseController(fmt.Sprintf("revoked by %s (uid %d)", c.Name, c.UID), "revoked")
 		return nil
 	})
 }
@@ -464,18 +482,24 @@ func (s *Service) UnregisterController(ctx context.Context, c Caller, path strin
 func (s *Service) ControllerVanished(name string) {
 	_ = do(context.Background(), s, "controller vanished", func() error {
 		if s.ctl != nil && s.ctl.name == name {
-			s.releaseController("vanished")
+			s.releaseController("vanished", "")
 		}
 		return nil
 	})
 }
 
 // releaseController ends the claim, and the built-in policy reconciles
-// every endpoint and connection, as if it had run all along.
-func (s *Service) releaseController(why string) {
-	s.log.Info("controller released", "name", s.ctl.name, "path", s.ctl.path, "why", why)
+// every endpoint and connection, as if it had run all along. With a
+// reason, the controller is told (Controller.Release) once the claim is
+// gone and before the policy acts.
+func (s *Service) releaseController(why, reason string) {
+	ctl := s.ctl
+	s.log.Info("controller released", "name", ctl.name, "path", ctl.path, "why", why)
 	s.ctl = nil
 	s.publishManager("ControlMode", "Controller")
+	if reason != "" {
+		s.publish(ControllerReleased{Name: ctl.name, Path: ctl.path, Reason: reason})
+	}
 	s.reconcile()
 }
 

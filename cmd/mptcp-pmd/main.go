@@ -237,6 +237,28 @@ func (d *pmd) open(ctx context.Context) error {
 	return nil
 }
 
+// busCloseWait bounds how long the daemon waits for its bus connection to
+// close when it stops.
+const busCloseWait = 2 * time.Second
+
+// stallLimit is how long the bus may not take a message from the daemon
+// before the daemon gives up its connection (and exits, for the service
+// manager to restart it): meanwhile no method reply can reach a client
+// either.
+const stallLimit = 10 * time.Second
+
+// busHealth reports an unhealthy bus connection, for the watchdog: closed,
+// or not taking the daemon's messages.
+func (d *pmd) busHealth() error {
+	if !d.conn.Connected() {
+		return errors.New("the bus connection is closed")
+	}
+	if st := d.srv.Stalled(); st > time.Second {
+		return fmt.Errorf("the bus has not taken a message for %v", st.Round(time.Millisecond))
+	}
+	return nil
+}
+
 // recordFile is the name of the record of the daemon's endpoints in the
 // runtime directory.
 const recordFile = "endpoints.json"
@@ -260,13 +282,24 @@ func (d *pmd) openRecord() *service.FileRecord {
 	return &service.FileRecord{Path: filepath.Join(d.opts.runtimeDir, recordFile), Boot: boot, NetNS: ns}
 }
 
-// close closes what open opened, in reverse order.
+// close closes what open opened, in reverse order. It does not wait more
+// than busCloseWait for the bus connection: a bus that stopped reading the
+// daemon can hold a write, and the close behind it, for ever.
 func (d *pmd) close() {
-	if d.srv != nil {
-		d.srv.Close()
-	}
-	if d.conn != nil {
-		d.conn.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if d.srv != nil {
+			d.srv.Close()
+		}
+		if d.conn != nil {
+			d.conn.Close()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(busCloseWait):
+		d.log.Warn("the bus connection did not close in time: exiting without it", "waited", busCloseWait)
 	}
 	if d.diag != nil {
 		d.diag.Close()
@@ -308,12 +341,14 @@ func (d *pmd) serve(ctx context.Context, stop func(), hup <-chan os.Signal) erro
 	if status, err := statusOf(ctx, d.svc); err == nil {
 		d.sd.ready(status)
 		if d.sd.enabled {
-			go d.sd.supervise(ctx, d.svc, watchdogInterval(d.log), status)
+			go d.sd.supervise(ctx, d.svc, d.busHealth, watchdogInterval(d.log), status)
 		}
 	}
 	go trimMemory(ctx, trimInterval, trimThreshold, d.log)
 	d.log.Info("mptcp-pmd running", "version", version, "policy", d.cfg.Policy, "bus_name", dbusapi.BusName,
 		"startup", time.Since(d.started).Round(time.Microsecond))
+	stall := time.NewTicker(time.Second)
+	defer stall.Stop()
 	var err error
 	for done := false; !done; {
 		select {
@@ -321,6 +356,24 @@ func (d *pmd) serve(ctx context.Context, stop func(), hup <-chan os.Signal) erro
 			done = true
 		case <-hup:
 			d.reload(ctx)
+		case <-d.conn.Context().Done():
+			// The bus went away (dbus-daemon stopped or restarted): the
+			// name and every client are gone with it. Exit at once and
+			// say so; Restart=on-failure brings the daemon back, and it
+			// finds its state again.
+			stop()
+			<-runErr
+			err = errors.New("lost the connection to the system bus")
+			done = true
+		case <-stall.C:
+			if st := d.srv.Stalled(); st > stallLimit {
+				stop()
+				<-runErr
+				err = fmt.Errorf("the system bus has not taken a message from the daemon for %v "+
+					"(a client that does not read its signals holds them, and the bus stops reading the daemon): "+
+					"exiting, to come back with a fresh connection", st.Round(time.Second))
+				done = true
+			}
 		}
 	}
 	d.sd.stopping()

@@ -99,8 +99,9 @@ func statusOf(ctx context.Context, r stateReader) (string, error) {
 // for its state, with the period as timeout, and when the loop answers it
 // sends WATCHDOG=1 (if watchdog > 0) and the STATUS= line if it changed.
 // A loop that does not answer gets no ping, so a stuck daemon is restarted
-// by the service manager once the watchdog interval has passed.
-func (n *notifier) supervise(ctx context.Context, r stateReader, watchdog time.Duration, status string) {
+// by the service manager once the watchdog interval has passed; so does a
+// bus connection that bus (if not nil) says is unhealthy.
+func (n *notifier) supervise(ctx context.Context, r stateReader, bus func() error, watchdog time.Duration, status string) {
 	period := statusPeriod
 	if watchdog > 0 {
 		period = min(period, watchdog/2)
@@ -122,6 +123,12 @@ func (n *notifier) supervise(ctx context.Context, r stateReader, watchdog time.D
 		if err != nil {
 			n.log.Warn("the service loop did not answer in time: no watchdog ping", "err", err)
 			continue
+		}
+		if bus != nil {
+			if err := bus(); err != nil {
+				n.log.Warn("the bus connection is not healthy: no watchdog ping", "err", err)
+				continue
+			}
 		}
 		var lines []string
 		if watchdog > 0 {

@@ -366,7 +366,7 @@ func TestSupervise(t *testing.T) {
 	const watchdog = 100 * time.Millisecond // pings every 50 ms
 	go func() {
 		defer close(done)
-		n.supervise(ctx, &f, watchdog, "Starting")
+		n.supervise(ctx, &f, nil, watchdog, "Starting")
 	}()
 
 	// A loop that answers: pings, and the status once it changes.

@@ -35,6 +35,7 @@ const startTimeout = 10 * time.Second
 type Bus struct {
 	address string
 	dir     string
+	conf    string // the configuration file
 	cmd     *exec.Cmd
 	stderr  *syncBuffer
 	done    chan struct{} // closed when the daemon has exited
@@ -167,21 +168,31 @@ func start(c config) (*Bus, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	b := &Bus{dir: dir, stderr: &syncBuffer{}, done: make(chan struct{})}
-	b.cmd = exec.Command("dbus-daemon", "--config-file="+confPath, "--print-address", "--nofork", "--nopidfile", "--nosyslog")
-	b.cmd.Stderr = b.stderr
-	stdout, err := b.cmd.StdoutPipe()
-	if err != nil {
+	b := &Bus{dir: dir, conf: confPath, stderr: &syncBuffer{}}
+	if err := b.run(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	if err := b.cmd.Start(); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("start dbus-daemon: %w", err)
+	return b, nil
+}
+
+// run starts dbus-daemon with b's configuration and waits for its address.
+func (b *Bus) run() error {
+	b.done = make(chan struct{})
+	b.cmd = exec.Command("dbus-daemon", "--config-file="+b.conf, "--print-address", "--nofork", "--nopidfile", "--nosyslog")
+	b.cmd.Stderr = b.stderr
+	stdout, err := b.cmd.StdoutPipe()
+	if err != nil {
+		return err
 	}
+	if err := b.cmd.Start(); err != nil {
+		return fmt.Errorf("start dbus-daemon: %w", err)
+	}
+	done := b.done
+	cmd := b.cmd
 	go func() {
-		b.cmd.Wait()
-		close(b.done)
+		cmd.Wait()
+		close(done)
 	}()
 
 	addr := make(chan string, 1)
@@ -194,22 +205,38 @@ func start(c config) (*Bus, error) {
 	case a := <-addr:
 		if a != "" {
 			b.address = a
-			return b, nil
+			return nil
 		}
-		<-b.done
+		<-done
 	case <-time.After(startTimeout):
 	}
-	b.stop()
-	return nil, fmt.Errorf("dbus-daemon did not start (%v): %s", b.cmd.ProcessState, strings.TrimSpace(b.stderr.String()))
+	b.Kill()
+	return fmt.Errorf("dbus-daemon did not start (%v): %s", b.cmd.ProcessState, strings.TrimSpace(b.stderr.String()))
 }
 
-func (b *Bus) stop() {
+// Kill stops dbus-daemon at once (SIGKILL), as a crash would: every client
+// loses its connection. Restart brings it back.
+func (b *Bus) Kill() {
 	select {
 	case <-b.done:
 	default:
 		b.cmd.Process.Kill()
 		<-b.done
 	}
+}
+
+// Restart kills dbus-daemon if it runs and starts it again with the same
+// configuration at the same address; clients must connect anew.
+func (b *Bus) Restart(tb testing.TB) {
+	tb.Helper()
+	b.Kill()
+	if err := b.run(); err != nil {
+		tb.Fatalf("dbustest: restart: %v", err)
+	}
+}
+
+func (b *Bus) stop() {
+	b.Kill()
 	os.RemoveAll(b.dir)
 }
 

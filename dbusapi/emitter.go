@@ -1,0 +1,226 @@
+package dbusapi
+
+import (
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+)
+
+// DefaultSignalQueue is how many signals other than PropertiesChanged may
+// wait to be sent when Options.SignalQueue is 0.
+const DefaultSignalQueue = 4096
+
+// emitter sends the signals that Publish queues, from its own goroutine,
+// so that the service loop never waits for the bus: dbus-daemon stops
+// reading a sender whose signals wait in the queue of a client that does
+// not read (max_incoming_bytes), and a write to it then blocks.
+//
+// The queue is bounded. PropertiesChanged of one object and interface are
+// merged while they wait (the newest value of each property wins), so they
+// take at most one entry per object. Other signals (InterfacesAdded and
+// Removed, the Connection signals, Release calls) beyond the bound are
+// dropped and counted; the mirror, which Get, GetAll and GetManagedObjects
+// read, stays right, so a client that re-reads is right again.
+type emitter struct {
+	conn *dbus.Conn
+	log  *slog.Logger
+	max  int
+
+	mu      sync.Mutex
+	queue   []*outgoing                             // in the order they were queued
+	waiting map[propKey]*outgoing                   // queued PropertiesChanged by object and interface
+	events  int                                     // queued entries that are not PropertiesChanged
+	wake    chan struct{}                           // capacity 1: the queue is not empty
+	done    chan struct{}                           // closed by stop
+	stopped chan struct{}                           // closed when run has returned
+	warned  time.Time                               // last warning about drops
+	dropped atomic.Uint64                           // signals dropped for a full queue
+	sent    atomic.Uint64                           // signals sent
+	unsent  atomic.Int64                            // queued, not yet sent (flush)
+	busy    atomic.Int64                            // UnixNano when the send under way began; 0 when idle
+	onSent  func(path dbus.ObjectPath, name string) // tests: after each send
+}
+
+// propKey identifies the PropertiesChanged of an object's interface.
+type propKey struct {
+	path  dbus.ObjectPath
+	iface string
+}
+
+// outgoing is one queued signal or call.
+type outgoing struct {
+	path    dbus.ObjectPath
+	name    string // interface.member
+	args    []any
+	changed map[string]dbus.Variant // PropertiesChanged: the changed properties, merged
+	iface   string                  // PropertiesChanged: the interface
+	call    func()                  // a call to make instead of a signal (Release)
+}
+
+func newEmitter(conn *dbus.Conn, log *slog.Logger, max int) *emitter {
+	if max <= 0 {
+		max = DefaultSignalQueue
+	}
+	e := &emitter{
+		conn:    conn,
+		log:     log,
+		max:     max,
+		waiting: make(map[propKey]*outgoing),
+		wake:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+	go e.run()
+	return e
+}
+
+// signal queues a signal; it never blocks.
+func (e *emitter) signal(path dbus.ObjectPath, name string, args ...any) {
+	e.push(&outgoing{path: path, name: name, args: args})
+}
+
+// call queues a call (a method call without reply) to make in order with
+// the signals; it never blocks.
+func (e *emitter) call(fn func()) { e.push(&outgoing{call: fn}) }
+
+// changed queues a PropertiesChanged, merged into one that still waits for
+// the same object and interface.
+func (e *emitter) changed(path dbus.ObjectPath, iface string, props map[string]dbus.Variant) {
+	if len(props) == 0 {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if w := e.waiting[propKey{path, iface}]; w != nil {
+		for k, v := range props {
+			w.changed[k] = v
+		}
+		return
+	}
+	o := &outgoing{path: path, name: propertiesInterface + ".PropertiesChanged", iface: iface, changed: make(map[string]dbus.Variant, len(props))}
+	for k, v := range props {
+		o.changed[k] = v
+	}
+	e.waiting[propKey{path, iface}] = o
+	e.queue = append(e.queue, o)
+	e.unsent.Add(1)
+	e.kick()
+}
+
+func (e *emitter) push(o *outgoing) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.events >= e.max {
+		n := e.dropped.Add(1)
+		if now := time.Now(); now.Sub(e.warned) > 10*time.Second {
+			e.warned = now
+			e.log.Warn("dbusapi: signals dropped: the bus does not take them as fast as they come "+
+				"(a client that does not read?); properties stay right for clients that re-read",
+				"queued", e.events, "dropped_total", n)
+		}
+		return
+	}
+	e.events++
+	e.queue = append(e.queue, o)
+	e.unsent.Add(1)
+	e.kick()
+}
+
+// kick wakes run. e.mu is held.
+func (e *emitter) kick() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run sends what is queued, in order, until stop.
+func (e *emitter) run() {
+	defer close(e.stopped)
+	var batch []*outgoing
+	for {
+		select {
+		case <-e.done:
+			return
+		case <-e.wake:
+		}
+		e.mu.Lock()
+		batch, e.queue = e.queue, batch[:0]
+		clear(e.waiting) // what waited is being sent: later changes queue anew
+		e.events = 0
+		e.mu.Unlock()
+		for i, o := range batch {
+			select {
+			case <-e.done:
+				return
+			default:
+			}
+			e.send(o)
+			e.unsent.Add(-1)
+			batch[i] = nil
+		}
+	}
+}
+
+// send makes one signal or call.
+func (e *emitter) send(o *outgoing) {
+	e.busy.Store(time.Now().UnixNano())
+	defer e.busy.Store(0)
+	if o.call != nil {
+		o.call()
+		return
+	}
+	args := o.args
+	if o.changed != nil {
+		args = []any{o.iface, o.changed, []string{}}
+	}
+	if err := e.conn.Emit(o.path, o.name, args...); err != nil {
+		e.log.Warn("dbusapi: emit signal", "path", o.path, "signal", o.name, "err", err)
+	}
+	e.sent.Add(1)
+	if e.onSent != nil {
+		e.onSent(o.path, o.name)
+	}
+}
+
+// stalled returns how long the send under way has been waiting for the
+// bus, or 0.
+func (e *emitter) stalled() time.Duration {
+	if t := e.busy.Load(); t != 0 {
+		return time.Since(time.Unix(0, t))
+	}
+	return 0
+}
+
+// stop ends run, waiting at most wait for a send under way: what is still
+// queued then is not sent.
+func (e *emitter) stop(wait time.Duration) {
+	select {
+	case <-e.done:
+	default:
+		close(e.done)
+	}
+	select {
+	case <-e.stopped:
+	case <-time.After(wait):
+		e.log.Warn("dbusapi: a signal was still being sent at shutdown: the bus does not read", "waited", wait)
+	}
+}
+
+// flush waits until everything queued so far is sent, or timeout; tests
+// and Close use it.
+func (e *emitter) flush(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if e.unsent.Load() == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -1,0 +1,125 @@
+package dbusapi
+
+import (
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+
+	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
+)
+
+// blockedEmitter returns an emitter on a real bus whose first send blocks
+// until release is called, and the signals a subscriber receives.
+func blockedEmitter(t *testing.T, max int) (e *emitter, release func(), received <-chan *dbus.Signal) {
+	t.Helper()
+	bus := dbustest.StartBus(t)
+	conn := bus.Dial(t)
+	sub := bus.Dial(t)
+	ch := make(chan *dbus.Signal, 10000)
+	sub.Signal(ch)
+	if err := sub.AddMatchSignal(dbus.WithMatchSender(conn.Names()[0])); err != nil {
+		t.Fatal(err)
+	}
+	gate := make(chan struct{})
+	e = newEmitter(conn, slog.New(slog.DiscardHandler), max)
+	first := true
+	e.onSent = func(dbus.ObjectPath, string) {
+		if first {
+			first = false
+			<-gate
+		}
+	}
+	t.Cleanup(func() { e.stop(time.Second) })
+	return e, sync.OnceFunc(func() { close(gate) }), ch
+}
+
+// nextSignal returns the next signal that is not the bus's own.
+func nextSignal(t *testing.T, ch <-chan *dbus.Signal) *dbus.Signal {
+	t.Helper()
+	for {
+		select {
+		case s := <-ch:
+			if s.Sender != "org.freedesktop.DBus" {
+				return s
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no signal within 5 s")
+			return nil
+		}
+	}
+}
+
+func TestEmitterNeverBlocksAndMerges(t *testing.T) {
+	e, release, ch := blockedEmitter(t, 3)
+	e.signal("/a", "org.example.T.First") // taken by the sender, which then blocks
+	for !func() bool { return e.stalled() > 0 }() {
+		time.Sleep(time.Millisecond)
+	}
+	// While the sender is stuck: nothing here waits.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 100 {
+			e.changed("/a", "org.example.T", map[string]dbus.Variant{"N": dbus.MakeVariant(uint32(i))})
+			e.changed("/a", "org.example.T", map[string]dbus.Variant{"M": dbus.MakeVariant("m")})
+			e.changed("/b", "org.example.T", map[string]dbus.Variant{"N": dbus.MakeVariant(uint32(i))})
+		}
+		for range 5 {
+			e.signal("/a", "org.example.T.Event")
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("queueing blocked while the bus did not take a signal")
+	}
+	if got := e.dropped.Load(); got != 2 {
+		t.Errorf("dropped %d, want 2 (5 events, room for 3)", got)
+	}
+	release()
+	want := []struct {
+		path, member string
+	}{
+		{"/a", "First"}, {"/a", "PropertiesChanged"}, {"/b", "PropertiesChanged"},
+		{"/a", "Event"}, {"/a", "Event"}, {"/a", "Event"},
+	}
+	for i, w := range want {
+		s := nextSignal(t, ch)
+		if string(s.Path) != w.path || s.Name[len(s.Name)-len(w.member):] != w.member {
+			t.Fatalf("signal %d: %s %s, want %s %s", i, s.Path, s.Name, w.path, w.member)
+		}
+		if w.member == "PropertiesChanged" {
+			changed := s.Body[1].(map[string]dbus.Variant)
+			if changed["N"].Value() != uint32(99) || (w.path == "/a" && changed["M"].Value() != "m") {
+				t.Errorf("merged PropertiesChanged of %s: %v, want the newest values of all", w.path, changed)
+			}
+		}
+	}
+	if !e.flush(5 * time.Second) {
+		t.Fatal("flush timed out")
+	}
+	select {
+	case s := <-ch:
+		if s.Sender != "org.freedesktop.DBus" {
+			t.Errorf("more signals than queued: %s %s", s.Path, s.Name)
+		}
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func TestEmitterStopWhileStuck(t *testing.T) {
+	e, release, _ := blockedEmitter(t, 10)
+	defer release()
+	e.signal("/a", "org.example.T.First")
+	for e.stalled() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	start := time.Now()
+	e.stop(50 * time.Millisecond)
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("stop took %v with the bus stuck", took)
+	}
+}
