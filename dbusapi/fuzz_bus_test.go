@@ -129,6 +129,10 @@ func startService(t *testing.T, bus *dbustest.Bus, opts Options) *serviceEnv {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// Its signals are sent from the emitter: out before the test watches.
+	if !e.srv.em.flush(10 * time.Second) {
+		t.Fatal("the start's signals were not sent within 10 s")
+	}
 	return e
 }
 
