@@ -342,6 +342,7 @@ var (
 		},
 		"Limits":         []any{uint32(8), uint32(4)},
 		"LocalAddresses": [][]any{{"c0", "10.55.0.1"}},
+		"SignalsDropped": uint64(0),
 	}
 )
 

@@ -467,7 +467,9 @@ func (s *Server) propsOf(path dbus.ObjectPath) (string, map[string]dbus.Variant,
 		s.mu.RLock()
 		m := s.manager
 		s.mu.RUnlock()
-		return ManagerInterface, managerProps(m), nil
+		props := managerProps(m)
+		props["SignalsDropped"] = dbus.MakeVariant(s.em.dropped.Load())
+		return ManagerInterface, props, nil
 	}
 	c, err := s.connection(path)
 	if err != nil {
