@@ -167,10 +167,16 @@ func TestStuckSubscriber(t *testing.T) {
 	}
 	t.Logf("Ping during the churn: %d calls, median %v, p99 %v, max %v; daemon RSS at most %d MiB",
 		len(rtts), rtts[len(rtts)/2], rtts[len(rtts)*99/100], rtts[len(rtts)-1], maxRSS>>20)
-	if worst := rtts[len(rtts)-1]; worst > time.Second {
+	// Liveness, not speed (the figures above are for the note): a Ping
+	// that waits for seconds means the daemon was blocked.
+	if worst := rtts[len(rtts)-1]; worst > 3*time.Second {
 		t.Errorf("a Ping took %v: the daemon was blocked", worst)
 	}
-	if maxRSS > 100<<20 {
+	limit := int64(100 << 20)
+	if raceEnabled() {
+		limit *= 4 // the race detector's shadow memory
+	}
+	if maxRSS > limit {
 		t.Errorf("daemon RSS reached %d MiB", maxRSS>>20)
 	}
 	kill()
