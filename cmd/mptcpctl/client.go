@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/godbus/dbus/v5"
 )
@@ -23,24 +26,108 @@ const (
 	objMgrIface  = "org.freedesktop.DBus.ObjectManager"
 )
 
+// daemonName is the daemon, as messages name it.
+const daemonName = "mptcp-pmd"
+
 // client is mptcpctl's view of the daemon: the bus connection and the
 // manager object.
 type client struct {
 	conn *dbus.Conn
 	mgr  dbus.BusObject
+	// ctx ends every request at once: mptcpctl got SIGINT or SIGTERM.
+	ctx context.Context
+	// timeout is the most each request waits for its answer (--timeout).
+	timeout time.Duration
 }
 
-// dial connects to the system bus (DBUS_SYSTEM_BUS_ADDRESS when set).
-func dial() (*client, error) {
-	conn, err := dbus.ConnectSystemBus()
-	if err != nil {
-		where := "the system bus"
-		if a := os.Getenv("DBUS_SYSTEM_BUS_ADDRESS"); a != "" {
-			where += " at " + a
-		}
-		return nil, &exitError{code: exitUnavailable, err: fmt.Errorf("cannot reach %s: %w", where, err)}
+// dial connects to the system bus (DBUS_SYSTEM_BUS_ADDRESS when set),
+// waiting at most timeout for the bus to answer.
+func dial(ctx context.Context, timeout time.Duration) (*client, error) {
+	where := "the system bus"
+	if a := os.Getenv("DBUS_SYSTEM_BUS_ADDRESS"); a != "" {
+		where += " at " + a
 	}
-	return &client{conn: conn, mgr: conn.Object(busName, managerPath)}, nil
+	c := &client{ctx: ctx, timeout: timeout}
+	err := c.wait(where, func(ctx context.Context) error {
+		conn, err := connect(ctx)
+		if err != nil && ctx.Err() == nil {
+			return &exitError{code: exitUnavailable, err: fmt.Errorf("cannot reach %s: %w", where, err)}
+		}
+		c.conn = conn
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.mgr = c.conn.Object(busName, managerPath)
+	return c, nil
+}
+
+// connect connects to the system bus (connecting, authenticating, Hello)
+// unless ctx ends first. godbus's connecting takes no context: it goes on
+// in the background, and a connection made too late is closed.
+func connect(ctx context.Context) (*dbus.Conn, error) {
+	type result struct {
+		conn *dbus.Conn
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		conn, err := dbus.ConnectSystemBus()
+		ch <- result{conn, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.conn, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.err == nil {
+				r.conn.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+// wait makes one request of who (the daemon or the bus), f, with a
+// context that ends when the answer is overdue (c.timeout from now) or
+// when mptcpctl is interrupted, and explains f's error: a timeoutError
+// when the answer was overdue, the context's cause when interrupted,
+// otherwise callError's explanation. Every request mptcpctl makes goes
+// through wait: this is where its deadline is set.
+func (c *client) wait(who string, f func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(c.ctx, c.timeout)
+	defer cancel()
+	err := f(ctx)
+	switch {
+	case err == nil:
+		return nil
+	case c.ctx.Err() != nil:
+		return context.Cause(c.ctx)
+	case errors.Is(err, context.DeadlineExceeded):
+		return timeoutError(who, c.timeout)
+	}
+	return callError(err)
+}
+
+// call calls a method of obj, one of the daemon's objects, through wait.
+// The Call's Err is explained (an *exitError, or the cause of the
+// interruption).
+func (c *client) call(obj dbus.BusObject, method string, args ...any) *dbus.Call {
+	var call *dbus.Call
+	err := c.wait(daemonName, func(ctx context.Context) error {
+		call = obj.CallWithContext(ctx, method, 0, args...)
+		return call.Err
+	})
+	call.Err = err
+	return call
+}
+
+// addMatch subscribes to the signals that match, through wait.
+func (c *client) addMatch(options ...dbus.MatchOption) error {
+	return c.wait("the system bus", func(ctx context.Context) error {
+		return c.conn.AddMatchSignalContext(ctx, options...)
+	})
 }
 
 func (c *client) close() { c.conn.Close() }
@@ -145,7 +232,7 @@ func managerFields(m *manager) map[string]any {
 
 func (c *client) manager() (manager, error) {
 	var props map[string]dbus.Variant
-	if err := c.mgr.Call(propsIface+".GetAll", 0, managerIface).Store(&props); err != nil {
+	if err := c.call(c.mgr, propsIface+".GetAll", managerIface).Store(&props); err != nil {
 		return manager{}, callError(err)
 	}
 	var m manager
@@ -162,7 +249,7 @@ func (c *client) manager() (manager, error) {
 // addresses lists the local addresses with the filters' verdict.
 func (c *client) addresses() ([]addressInfo, error) {
 	out := []addressInfo{}
-	if err := c.mgr.Call(managerIface+".ListAddresses", 0).Store(&out); err != nil {
+	if err := c.call(c.mgr, managerIface+".ListAddresses").Store(&out); err != nil {
 		return nil, callError(err)
 	}
 	return out, nil
@@ -171,7 +258,7 @@ func (c *client) addresses() ([]addressInfo, error) {
 // connections lists every connection object, by number.
 func (c *client) connections() ([]connection, error) {
 	var objs map[dbus.ObjectPath]map[string]map[string]dbus.Variant
-	if err := c.mgr.Call(objMgrIface+".GetManagedObjects", 0).Store(&objs); err != nil {
+	if err := c.call(c.mgr, objMgrIface+".GetManagedObjects").Store(&objs); err != nil {
 		return nil, callError(err)
 	}
 	conns := []connection{}
@@ -193,7 +280,7 @@ func (c *client) connections() ([]connection, error) {
 // connection reads the connection object at path.
 func (c *client) connection(path dbus.ObjectPath) (connection, error) {
 	var props map[string]dbus.Variant
-	if err := c.conn.Object(busName, path).Call(propsIface+".GetAll", 0, connIface).Store(&props); err != nil {
+	if err := c.call(c.conn.Object(busName, path), propsIface+".GetAll", connIface).Store(&props); err != nil {
 		return connection{}, callError(err)
 	}
 	return decodeConnection(path, props)
@@ -271,11 +358,11 @@ func (c *client) resolve(r connRef) (dbus.ObjectPath, error) {
 
 // callManager calls a method of the manager object.
 func (c *client) callManager(method string, args ...any) *dbus.Call {
-	return c.mgr.Call(managerIface+"."+method, 0, args...)
+	return c.call(c.mgr, managerIface+"."+method, args...)
 }
 
 func (c *client) callConn(path dbus.ObjectPath, method string, args ...any) *dbus.Call {
-	return c.conn.Object(busName, path).Call(connIface+"."+method, 0, args...)
+	return c.call(c.conn.Object(busName, path), connIface+"."+method, args...)
 }
 
 // parseAddrPort parses "10.0.0.1:80", "[fd00::1]:80", or with allowBare an

@@ -79,7 +79,7 @@ func TestCompletionCommands(t *testing.T) {
 	}
 	option := regexp.MustCompile(`--[a-z-]+`)
 	for _, c := range commands {
-		want := append(option.FindAllString(c.args, -1), "--json", "--help")
+		want := append(option.FindAllString(c.args, -1), "--json", "--timeout", "--help")
 		slices.Sort(want)
 		words := append(strings.Fields(c.name), "--")
 		if got := complete(t, "", words...); !slices.Equal(got, want) {
@@ -100,6 +100,10 @@ func TestCompletionValues(t *testing.T) {
 		{[]string{"subflow", "backup", "1", "10.0.0.1", "10.0.0.2:80", ""}, []string{"off", "on"}},
 		{[]string{"subflow", "--json", "backup", "1", "10.0.0.1", "10.0.0.2:80", "o"}, []string{"off", "on"}},
 		{[]string{"status", ""}, nil},
+		{[]string{"--timeout", ""}, nil},
+		{[]string{"--timeout", "5s", "sta"}, []string{"status"}},
+		{[]string{"--timeout", "5s", "endpoint", "add", "--flags", "l"}, []string{"laminar"}},
+		{[]string{"--"}, []string{"--help", "--json", "--timeout"}},
 		{[]string{"limits", "set", ""}, nil},
 	} {
 		if got := complete(t, "", tc.words...); !slices.Equal(got, tc.want) {

@@ -25,6 +25,9 @@ func callError(err error) error {
 	if err == nil {
 		return nil
 	}
+	if ee := (*exitError)(nil); errors.As(err, &ee) {
+		return err // explained already
+	}
 	var de dbus.Error
 	if !errors.As(err, &de) {
 		var dep *dbus.Error
@@ -45,7 +48,10 @@ func callError(err error) error {
 		return fail(exitUnavailable, "mptcp-pmd is not running: nobody owns %s on the system bus "+
 			"(start it with `systemctl start mptcp-pmd`)", busName)
 	case dbusNoReply, dbusTimeout:
-		return fail(exitUnavailable, "mptcp-pmd did not answer: %s (see its log: `journalctl -u mptcp-pmd`)", msg)
+		// The bus gave up waiting (its own reply timeout), or the daemon
+		// left the bus without answering: no answer, as when --timeout
+		// runs out.
+		return fail(exitTimeout, "mptcp-pmd did not answer: %s (is it stuck? see its log: `journalctl -u mptcp-pmd`)", msg)
 	case errorPrefix + "PermissionDenied", dbusAccessDenied:
 		return fail(exitPermission, "permission denied: %s (changes need root, a group the daemon's "+
 			"configuration allows, or polkit's authorization: try sudo)", msg)

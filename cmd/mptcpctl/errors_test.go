@@ -159,6 +159,14 @@ func TestUsage(t *testing.T) {
 		{[]string{"announce", "1", "10.0.0.1", "--id", "256"}, "--id must be 0..255"},
 		{[]string{"remove", "1", "x"}, `"x" is not an id`},
 		{[]string{"help", "frobnicate"}, `no command "frobnicate"`},
+		{[]string{"--timeout", "banana", "status"}, `--timeout "banana": not a duration such as 5s, 500ms`},
+		{[]string{"--timeout=banana", "status"}, `--timeout "banana": not a duration`},
+		{[]string{"status", "--timeout", "banana"}, `--timeout "banana": not a duration`},
+		{[]string{"status", "--timeout=5x"}, `--timeout "5x": not a duration`},
+		{[]string{"--timeout", "0", "status"}, `--timeout "0": must be more than 0`},
+		{[]string{"status", "--timeout", "-1s"}, `--timeout "-1s": must be more than 0`},
+		{[]string{"--timeout"}, "--timeout needs a value"},
+		{[]string{"status", "--timeout"}, "flag needs an argument: -timeout"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			wantFail(t, ctl(tc.args...), exitUsage, tc.text, "Run 'mptcpctl help' for usage.")

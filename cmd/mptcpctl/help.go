@@ -44,7 +44,7 @@ func init() {
 	}
 }
 
-const intro = `Usage: mptcpctl [--json] COMMAND [ARGS]
+const intro = `Usage: mptcpctl [--json] [--timeout DURATION] COMMAND [ARGS]
 
 Query and control mptcp-pmd, the Multipath TCP path manager, over D-Bus.
 `
@@ -55,10 +55,17 @@ token in hex (0x8fa8e6a2, or the eight digits alone).
 
 Options (anywhere on the command line):
   --json     print listings as JSON (monitor: one JSON object per line)
+  --timeout DURATION
+             wait at most DURATION for each answer from the daemon or the
+             bus: 5s, 500ms, 1m30s, or a number of seconds (default 25s)
   --help     print the help of the command
 
+Ctrl-C (SIGINT) and SIGTERM end mptcpctl at once, whatever it waits for.
+
 Exit status: 0 success, 1 the daemon refused or failed, 2 usage,
-3 daemon or bus not reachable, 4 permission denied, 5 not found.
+3 daemon or bus not reachable, 4 permission denied, 5 not found,
+6 no answer within the timeout (daemon or bus stuck), 130 interrupted
+by SIGINT, 143 terminated by SIGTERM (monitor: 0, its normal end).
 `
 
 const (
@@ -89,7 +96,10 @@ subflows established, closed and changing priority; addresses announced and
 withdrawn by the peer and by us; endpoints added, removed and changed;
 limits; local addresses becoming usable or not; control passing to a
 controller and back; the daemon leaving and joining the bus. With --json,
-one JSON object per line, with an "event" member naming the event.`
+one JSON object per line, with an "event" member naming the event.
+
+Its first reads of the daemon's state wait at most --timeout; then it
+runs until Ctrl-C (SIGINT) or SIGTERM ends it, with exit status 0.`
 	userspaceHelp = `This command needs the connection to be under the userspace path manager
 (net.mptcp.path_manager=userspace in the daemon's network namespace when
 the connection was made); the daemon answers "not supported" otherwise.`
@@ -210,11 +220,11 @@ func cmdHelp(x *cmdCtx, args []string) error {
 	return x.help(words)
 }
 
-// parse parses the arguments of command name: its options (--json, --help
-// and those defined on fs, which may be nil) may stand before, between or
-// after the positional arguments, until "--". It returns the positional
-// arguments, which must number n (any number if n < 0). --help prints the
-// command's help and returns errHelp.
+// parse parses the arguments of command name: its options (--json,
+// --timeout, --help and those defined on fs, which may be nil) may stand
+// before, between or after the positional arguments, until "--". It
+// returns the positional arguments, which must number n (any number if
+// n < 0). --help prints the command's help and returns errHelp.
 func (x *cmdCtx) parse(name string, fs *flag.FlagSet, args []string, n int) ([]string, error) {
 	cmd := find(name)
 	if fs == nil {
@@ -222,6 +232,8 @@ func (x *cmdCtx) parse(name string, fs *flag.FlagSet, args []string, n int) ([]s
 	}
 	fs.SetOutput(io.Discard)
 	fs.BoolVar(&x.json, "json", x.json, "")
+	timeout := &timeoutFlag{x: x}
+	fs.Var(timeout, "timeout", "")
 	var help bool
 	fs.BoolVar(&help, "help", false, "")
 	fs.BoolVar(&help, "h", false, "")
@@ -231,6 +243,9 @@ func (x *cmdCtx) parse(name string, fs *flag.FlagSet, args []string, n int) ([]s
 		if help {
 			cmd.printHelp(x.out)
 			return nil, errHelp
+		}
+		if timeout.err != nil {
+			return nil, timeout.err
 		}
 		if err != nil {
 			return nil, usageErrorf("%s: %v (usage: %s)", name, err, cmd.synopsis())

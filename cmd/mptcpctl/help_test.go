@@ -1,11 +1,15 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
 )
@@ -41,8 +45,14 @@ func TestHelp(t *testing.T) {
 	if out := mustCtl(t, "subflow", "add", "--help"); !strings.Contains(out, "userspace path manager") {
 		t.Errorf("subflow add --help:\n%s", out)
 	}
+	for _, s := range []string{"Usage: mptcpctl [--json] [--timeout DURATION] COMMAND", "--timeout DURATION", "(default 25s)"} {
+		if !strings.Contains(list, s) {
+			t.Errorf("help lacks %q", s)
+		}
+	}
 	// Every documented exit code is in the help.
-	for _, s := range []string{"0 success", "1 the daemon refused", "2 usage", "3 daemon or bus not reachable", "4 permission denied", "5 not found"} {
+	for _, s := range []string{"0 success", "1 the daemon refused", "2 usage", "3 daemon or bus not reachable", "4 permission denied", "5 not found",
+		"6 no answer within the timeout", "130 interrupted by SIGINT", "143 terminated by SIGTERM"} {
 		if !strings.Contains(strings.Join(strings.Fields(list), " "), s) {
 			t.Errorf("help lacks the exit status %q", s)
 		}
@@ -62,6 +72,25 @@ func TestParseOptions(t *testing.T) {
 		pos, err := x.parse("announce", nil, args, 2)
 		if err != nil || !x.json || pos[0] != "3" || pos[1] != "10.0.0.1" {
 			t.Errorf("parse %q = %q, json %v, %v", args, pos, x.json, err)
+		}
+	}
+	// --timeout too, with its value as the next argument or after "=".
+	for _, args := range [][]string{
+		{"--timeout", "5s", "3", "10.0.0.1"},
+		{"3", "--timeout=5", "10.0.0.1"},
+		{"3", "10.0.0.1", "-timeout", "5000ms"},
+	} {
+		x := &cmdCtx{timeout: defaultTimeout}
+		pos, err := x.parse("announce", nil, args, 2)
+		if err != nil || x.timeout != 5*time.Second || pos[0] != "3" || pos[1] != "10.0.0.1" {
+			t.Errorf("parse %q = %q, timeout %v, %v", args, pos, x.timeout, err)
+		}
+	}
+	// Before the command, dispatch takes it.
+	for _, args := range [][]string{{"--timeout", "1.5", "help"}, {"--timeout=1500ms", "help"}, {"-timeout", "1.5s", "help"}} {
+		x := &cmdCtx{out: io.Discard, timeout: defaultTimeout}
+		if err := x.dispatch(args); !errors.Is(err, errHelp) || x.timeout != 1500*time.Millisecond {
+			t.Errorf("dispatch %q: timeout %v, %v", args, x.timeout, err)
 		}
 	}
 	x := &cmdCtx{}
@@ -91,6 +120,18 @@ func TestManPage(t *testing.T) {
 			if !strings.Contains(text, opt) {
 				t.Errorf("mptcpctl.1 lacks %s of %q", opt, c.name)
 			}
+		}
+	}
+	// The global options, and every exit status, as a tagged paragraph.
+	for _, opt := range []string{"--json", "--timeout", "--help"} {
+		if !regexp.MustCompile(`(?m)^\.(B|BI|BR) "?` + opt + `( |"|$)`).MatchString(text) {
+			t.Errorf("mptcpctl.1 has no entry for %s", opt)
+		}
+	}
+	for _, code := range []int{exitOK, exitFailure, exitUsage, exitUnavailable, exitPermission, exitNotFound,
+		exitTimeout, exitInterrupted, exitTerminated} {
+		if !strings.Contains(text, fmt.Sprintf("\n.TP\n.B %d\n", code)) {
+			t.Errorf("mptcpctl.1 does not document the exit status %d", code)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 // Exit codes scripts can rely on.
@@ -22,7 +23,23 @@ const (
 	exitUnavailable = 3 // no system bus, or the daemon is not running
 	exitPermission  = 4 // the caller may not do this
 	exitNotFound    = 5 // no such connection, endpoint or address
+	exitTimeout     = 6 // the daemon (or the bus) did not answer within the timeout
+	// Ended by a signal: 128 + its number, as a shell reports a process a
+	// signal killed (signalError.exitCode).
+	exitInterrupted = 128 + int(syscall.SIGINT)  // 130: SIGINT (Ctrl-C)
+	exitTerminated  = 128 + int(syscall.SIGTERM) // 143: SIGTERM
 )
+
+// defaultTimeout is how long mptcpctl waits for each answer from the bus
+// or the daemon unless --timeout says otherwise: busctl's default, and the
+// system bus's own reply timeout.
+const defaultTimeout = 25 * time.Second
+
+// signalGrace is how long main waits, after SIGINT or SIGTERM, for the
+// command to return (every wait of a command ends with the signal's
+// context) before it exits anyway: a command blocked writing its output
+// to a pipe nobody reads does not hold mptcpctl up longer than this.
+const signalGrace = 250 * time.Millisecond
 
 // exitError is an error with the exit code it should end mptcpctl with.
 type exitError struct {
@@ -40,21 +57,62 @@ func usageErrorf(format string, args ...any) error {
 // errHelp is returned by a command asked for its help (which it printed).
 var errHelp = errors.New("help printed")
 
+// signalError is why mptcpctl's context ended when it got SIGINT or
+// SIGTERM (context.Cause).
+type signalError struct{ sig syscall.Signal }
+
+func (e *signalError) Error() string {
+	if e.sig == syscall.SIGTERM {
+		return "terminated (SIGTERM)"
+	}
+	return "interrupted (SIGINT)"
+}
+
+// exitCode is 130 for SIGINT, 143 for SIGTERM.
+func (e *signalError) exitCode() int { return 128 + int(e.sig) }
+
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, os.Args[1:], os.Stdout, os.Stderr) }()
+	select {
+	case code := <-done:
+		os.Exit(code)
+	case s := <-sigs:
+		// Every wait of the command ends with ctx: it returns at once
+		// (monitor with success, anything else with the signal's exit
+		// code). Should it not, a second signal or the grace period ends
+		// mptcpctl all the same.
+		se := &signalError{sig: s.(syscall.Signal)}
+		cancel(se)
+		select {
+		case code := <-done:
+			os.Exit(code)
+		case <-sigs:
+		case <-time.After(signalGrace):
+		}
+		fmt.Fprintf(os.Stderr, "mptcpctl: %v\n", se)
+		os.Exit(se.exitCode())
+	}
 }
 
 // run runs mptcpctl with the command line args and returns the exit code.
-// ctx ends long-running commands (monitor).
+// ctx ends every wait for the bus or the daemon, and monitor; when its
+// cause is a signalError, a command that fails because of it exits with
+// the signal's code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	x := &cmdCtx{ctx: ctx, out: stdout}
+	x := &cmdCtx{ctx: ctx, out: stdout, timeout: defaultTimeout}
 	defer x.close()
 	err := x.dispatch(args)
 	if err == nil || errors.Is(err, errHelp) {
 		return exitOK
+	}
+	var se *signalError
+	if errors.As(context.Cause(ctx), &se) {
+		fmt.Fprintf(stderr, "mptcpctl: %v\n", se)
+		return se.exitCode()
 	}
 	fmt.Fprintf(stderr, "mptcpctl: %v\n", err)
 	var ee *exitError
@@ -71,16 +129,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // connection to the daemon, made on first use so that a usage error or a
 // help request needs no bus.
 type cmdCtx struct {
-	ctx  context.Context
-	out  io.Writer
-	json bool
-	c    *client
+	ctx     context.Context
+	out     io.Writer
+	json    bool
+	timeout time.Duration // the most each request waits for its answer (--timeout)
+	c       *client
 }
 
 // client returns the connection to the daemon, dialling it the first time.
+// The command line must be parsed: the client keeps the timeout.
 func (x *cmdCtx) client() (*client, error) {
 	if x.c == nil {
-		c, err := dial()
+		c, err := dial(x.ctx, x.timeout)
 		if err != nil {
 			return nil, err
 		}
@@ -112,7 +172,21 @@ func (x *cmdCtx) dispatch(args []string) error {
 			x.json = true
 		case "-h", "-help", "--help":
 			return x.help(nil)
+		case "--timeout", "-timeout":
+			if len(args) < 2 {
+				return usageErrorf("--timeout needs a value: a duration such as 5s or 500ms, or a number of seconds")
+			}
+			if err := x.setTimeout(args[1]); err != nil {
+				return err
+			}
+			args = args[1:]
 		default:
+			if v, ok := timeoutArg(args[0]); ok {
+				if err := x.setTimeout(v); err != nil {
+					return err
+				}
+				break
+			}
 			if len(args[0]) > 1 && args[0][0] == '-' {
 				return usageErrorf("unknown option %s", args[0])
 			}

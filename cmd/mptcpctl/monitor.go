@@ -43,12 +43,14 @@ func cmdMonitor(x *cmdCtx, args []string) error {
 	// Subscribe first, then read the state, so that nothing falls between.
 	sigs := make(chan *dbus.Signal, 256)
 	c.conn.Signal(sigs)
-	if err := c.conn.AddMatchSignal(dbus.WithMatchSender(busName), dbus.WithMatchPathNamespace(managerPath)); err != nil {
-		return callError(err)
+	// The setup's requests wait at most the timeout (and end with a
+	// signal); then the monitor runs until interrupted.
+	if err := c.addMatch(dbus.WithMatchSender(busName), dbus.WithMatchPathNamespace(managerPath)); err != nil {
+		return err
 	}
-	if err := c.conn.AddMatchSignal(dbus.WithMatchInterface("org.freedesktop.DBus"), dbus.WithMatchMember("NameOwnerChanged"),
+	if err := c.addMatch(dbus.WithMatchInterface("org.freedesktop.DBus"), dbus.WithMatchMember("NameOwnerChanged"),
 		dbus.WithMatchArg(0, busName)); err != nil {
-		return callError(err)
+		return err
 	}
 	st := newMonitorState()
 	if err := st.load(c); err != nil {
@@ -64,7 +66,7 @@ func cmdMonitor(x *cmdCtx, args []string) error {
 	for {
 		select {
 		case <-x.ctx.Done():
-			return nil
+			return nil // SIGINT or SIGTERM: the monitor's normal end
 		case s, ok := <-sigs:
 			if !ok {
 				return &exitError{code: exitUnavailable, err: fmt.Errorf("lost the connection to the bus")}

@@ -2,13 +2,14 @@
 # Install as /usr/share/bash-completion/completions/mptcpctl.
 #
 # Connection numbers and endpoint ids are asked of the running daemon
-# (mptcpctl connections --json, mptcpctl endpoints --json).
+# (mptcpctl connections --json, mptcpctl endpoints --json), waiting at most
+# two seconds: a stuck daemon does not hold the shell up.
 
 # _mptcpctl_json_numbers prints the values of a numeric member of mptcpctl's
 # JSON output: _mptcpctl_json_numbers number connections.
 _mptcpctl_json_numbers()
 {
-    mptcpctl "$2" --json 2>/dev/null | sed -n "s/^ *\"$1\": *\([0-9][0-9]*\),*\$/\1/p"
+    mptcpctl --timeout 2s "$2" --json 2>/dev/null | sed -n "s/^ *\"$1\": *\([0-9][0-9]*\),*\$/\1/p"
 }
 
 # _mptcpctl_flag_list completes a comma-separated list of endpoint flags.
@@ -29,7 +30,7 @@ _mptcpctl()
     for ((i = 1; i < COMP_CWORD; i++)); do
         w=${COMP_WORDS[i]}
         case $w in
-        --port | --flags | --interface | --id | --local-id) ((i++)); continue ;;
+        --port | --flags | --interface | --id | --local-id | --timeout | -timeout) ((i++)); continue ;;
         -*) continue ;;
         esac
         if [[ -z $cmd ]]; then
@@ -44,11 +45,11 @@ _mptcpctl()
     case $prev in
     --flags) _mptcpctl_flag_list "$cur"; return ;;
     --interface) COMPREPLY=($(compgen -W "$(command ls /sys/class/net 2>/dev/null)" -- "$cur")); return ;;
-    --port | --id | --local-id) return ;;
+    --port | --id | --local-id | --timeout | -timeout) return ;;
     esac
 
     if [[ $cur == -* ]]; then
-        local opts="--json --help"
+        local opts="--json --timeout --help"
         case "$cmd $sub" in
         "endpoint add") opts+=" --port --flags --interface --id" ;;
         "subflow add") opts+=" --backup --local-id --interface" ;;
