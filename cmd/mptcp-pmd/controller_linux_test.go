@@ -108,3 +108,41 @@ func TestController(t *testing.T) {
 		t.Errorf("the ip mptcp endpoint is gone: %q", out)
 	}
 }
+
+// TestRevokeController: an administrator takes control back from a
+// controller with `mptcpctl revoke`: the controller hears Release
+// "revoked", and the built-in policy acts again.
+func TestRevokeController(t *testing.T) {
+	requirePython(t)
+	s := newSetup(t, pmtest.LabOptions{Paths: 2, ClientPM: "userspace"})
+	cli, srv := s.lab.Client, s.lab.Server
+	kev := listenKernel(t, cli)
+	d := startDaemon(t, cli, s.bus, "--policy", "subflow-per-interface")
+	root, err := dbustest.ProjectRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The controller makes its subflow from the connection's own address,
+	// which the policy would not use; the policy adds c1's once it acts.
+	cmd := exec.Command(pythonPath, filepath.Join(root, "dist/examples/controller.py"), cli.Addrs4[0].String())
+	cmd.Env = append(cmd.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+s.bus.Address())
+	controller := startBackground(t, cmd, "registered as the controller")
+	server := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
+	c := dial(t, cli, cli.Addrs4[0], server)
+	tok := connToken(t, kev, c, false)
+
+	if out, errOut, code := ctl(t, s.bus, "revoke"); code != 0 {
+		t.Fatalf("mptcpctl revoke: %d %s %s", code, out, errOut)
+	}
+	eventually(t, 5*time.Second, "the controller's Release", func() bool {
+		return strings.Contains(controller.out.String(), "released by the daemon: revoked")
+	})
+	if mode := managerProp(t, d, "ControlMode"); mode != "builtin" {
+		t.Errorf("ControlMode %q after revoke", mode)
+	}
+	waitSubflows(t, kev, tok, within(5*time.Second), "the policy's subflow after revoke",
+		paths(server.Addr(), cli.Addrs4[0], cli.Addrs4[1]))
+	if _, errOut, code := ctl(t, s.bus, "revoke"); code == 0 || !strings.Contains(errOut, "not the controller") {
+		t.Errorf("a second revoke: exit %d, %q; want the NotController error", code, errOut)
+	}
+}

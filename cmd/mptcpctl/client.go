@@ -142,6 +142,7 @@ type manager struct {
 	Endpoints         []endpoint     `json:"endpoints"`
 	Limits            limits         `json:"limits"`
 	LocalAddresses    []localAddress `json:"local_addresses"`
+	SignalsDropped    uint64         `json:"signals_dropped"`
 	Connections       int            `json:"connections"`
 }
 
@@ -226,7 +227,7 @@ func managerFields(m *manager) map[string]any {
 	return map[string]any{
 		"Version": &m.Version, "ControlMode": &m.ControlMode, "Controller": &m.Controller,
 		"Policy": &m.Policy, "KernelPathManager": &m.KernelPathManager, "Endpoints": &m.Endpoints,
-		"Limits": &m.Limits, "LocalAddresses": &m.LocalAddresses,
+		"Limits": &m.Limits, "LocalAddresses": &m.LocalAddresses, "SignalsDropped": &m.SignalsDropped,
 	}
 }
 

@@ -144,6 +144,14 @@ func cmdEndpointFlush(x *cmdCtx, args []string) error {
 	return callError(c.callManager("FlushEndpoints").Err)
 }
 
+func cmdRevoke(x *cmdCtx, args []string) error {
+	c, err := x.noArgs("revoke", args)
+	if err != nil {
+		return err
+	}
+	return callError(c.callManager("RevokeController").Err)
+}
+
 func cmdLimits(x *cmdCtx, args []string) error {
 	c, err := x.noArgs("limits", args)
 	if err != nil {

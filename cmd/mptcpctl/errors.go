@@ -57,7 +57,7 @@ func callError(err error) error {
 			"configuration allows, or polkit's authorization: try sudo)", msg)
 	case errorPrefix + "NotController":
 		return fail(exitFailure, "not the controller: %s (a program has claimed path management, "+
-			"see `mptcpctl status`; changes go through it until it lets go)", msg)
+			"see `mptcpctl status`; changes go through it until it lets go, or `mptcpctl revoke` takes control back)", msg)
 	case errorPrefix + "NotSupported":
 		return fail(exitFailure, "not supported: %s (this needs the userspace path manager: "+
 			"net.mptcp.path_manager=userspace in the daemon's network namespace when the connection "+

@@ -35,6 +35,7 @@ func init() {
 		{"limits set", "SUBFLOWS ADD_ADDR_ACCEPTED", "set the limits", limitsSetHelp, cmdLimitsSet},
 		{"addresses", "", "local addresses, usable or why filtered out", addressesHelp, cmdAddresses},
 		{"monitor", "", "print events as they happen (Ctrl-C ends)", monitorHelp, cmdMonitor},
+		{"revoke", "", "take control back from the registered controller", revokeHelp, cmdRevoke},
 		{"subflow add", "CONN LOCAL[:PORT] REMOTE:PORT [--backup] [--local-id ID] [--interface IF]", "create a subflow", userspaceHelp, cmdSubflowAdd},
 		{"subflow del", "CONN LOCAL:PORT REMOTE:PORT", "close a subflow", userspaceHelp, cmdSubflowDel},
 		{"subflow backup", "CONN LOCAL[:PORT] REMOTE:PORT on|off", "set or clear a subflow's backup flag", userspaceHelp, cmdSubflowBackup},
@@ -73,7 +74,11 @@ const (
 built-in policy, or a registered controller and its bus name), the path
 manager of the daemon's network namespace (net.mptcp.path_manager), the
 limits, and how many endpoints, usable local addresses and connections
-there are.`
+there are; and, if any, how many signals the daemon dropped because the
+bus did not take them as fast as they came.`
+	revokeHelp = `Ends the registered controller's claim (Manager.RevokeController): the
+controller is told (Release "revoked") and the built-in policy takes over
+again. For a controller that is stuck; needs the same rights as any change.`
 	connHelp = `Shows the initial subflow, every subflow with its local and remote
 address ids, the addresses the peer announced (ADD_ADDR received) and the
 addresses announced to the peer.`

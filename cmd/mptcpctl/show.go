@@ -36,6 +36,9 @@ func cmdStatus(x *cmdCtx, args []string) error {
 	fmt.Fprintf(tw, "Endpoints:\t%d\n", len(m.Endpoints))
 	fmt.Fprintf(tw, "Usable addresses:\t%d\n", len(m.LocalAddresses))
 	fmt.Fprintf(tw, "Connections:\t%d\n", len(conns))
+	if m.SignalsDropped > 0 {
+		fmt.Fprintf(tw, "Signals dropped:\t%d (the bus did not take them as fast as they came; see mptcp-pmd(8))\n", m.SignalsDropped)
+	}
 	return tw.Flush()
 }
 

@@ -61,8 +61,8 @@ _mptcpctl()
 
     local words=""
     case "$cmd" in
-    "") words="status connections connection endpoints endpoint limits addresses monitor subflow announce remove help" ;;
-    help) ((npos == 0)) && words="status connections connection endpoints endpoint limits addresses monitor subflow announce remove help" ;;
+    "") words="status connections connection endpoints endpoint limits addresses monitor revoke subflow announce remove help" ;;
+    help) ((npos == 0)) && words="status connections connection endpoints endpoint limits addresses monitor revoke subflow announce remove help" ;;
     connection) [[ -z $sub ]] && words="show" ;;
     endpoint) [[ -z $sub ]] && words="add del set flush" ;;
     limits) [[ -z $sub ]] && words="set" ;;
