@@ -321,3 +321,20 @@ func TestNetMonitorEndIsFatal(t *testing.T) {
 		t.Fatalf("Run = %v, want the network monitor's end", err)
 	}
 }
+
+// TestStaleSubflowForgotten: a subflow the service believes in but the
+// kernel no longer has (its SUB_CLOSED was missed) is forgotten when the
+// kernel answers the policy's DestroySubflow with "subflow not found".
+func TestStaleSubflowForgotten(t *testing.T) {
+	h := newHarness(t, withPolicy(PolicySubflowPerInterface))
+	h.sendNet(append(hostNet(2), synced)...)
+	id := h.open(1, "10.55.0.1:40000", "10.55.0.2:8080")
+	h.settle()
+	// A subflow from an address the host does not have: the policy closes
+	// it, and the kernel does not know it.
+	h.send(pm.Event{Type: pm.EventSubEstablished, Token: 1, LocalID: 9,
+		LocalAddr: netip.MustParseAddr("10.55.9.1"), LocalPort: 41000,
+		RemoteAddr: netip.MustParseAddr("10.55.0.2"), RemotePort: 8080})
+	h.settle()
+	sameStrings(t, "subflows", h.subflows(id), []string{"10.55.1.1->10.55.0.2:8080"})
+}

@@ -308,7 +308,24 @@ func (s *Service) connAction(c *conn, a policy.Action) {
 		s.log.Debug("policy: subflow requested", "token", c.token, "local", local, "remote", a.Remote, "interface", a.Interface)
 	case policy.DestroySubflow:
 		t := tuple{netip.AddrPortFrom(a.Local, a.LocalPort), a.Remote}
-		if err := s.gone(c, s.k.DestroySubflow(c.token, t.local, t.remote)); err != nil {
+		err := s.gone(c, s.k.DestroySubflow(c.token, t.local, t.remote))
+		switch {
+		case errors.Is(err, pm.ErrUnknownToken):
+			return
+		case errors.Is(err, pm.ErrNotFound):
+			// The kernel has no such subflow: it closed and its SUB_CLOSED
+			// was missed. Forget it as the event would have.
+			s.log.Debug("policy: the subflow to close is gone already", "token", c.token, "local", t.local, "remote", t.remote)
+			if i := c.subflowIndex(t.local, t.remote); i >= 0 {
+				sf := c.subflows[i]
+				s.subflow(c, pm.Event{
+					Type: pm.EventSubClosed, Token: c.token, LocalID: sf.LocalID, RemoteID: sf.RemoteID,
+					LocalAddr: sf.LocalAddress, LocalPort: sf.LocalPort,
+					RemoteAddr: sf.RemoteAddress, RemotePort: sf.RemotePort, Backup: sf.Backup,
+				})
+			}
+			return
+		case err != nil:
 			s.log.Warn("policy: the kernel refused", "action", a.String(), "token", c.token, "err", err)
 			return
 		}

@@ -13,7 +13,9 @@ type diagLister struct{ c *diag.Client }
 // Connections lists the connections and their joined subflows. Left out:
 // a connection without a token (still in its handshake: its events will
 // tell), one its application has closed (CLOSED was sent; the kernel
-// lingers over its FIN), and a subflow still in its handshake.
+// lingers over its FIN), and a subflow still in its handshake or closing
+// (SUB_CLOSED was sent when it began to close; its FIN may take long, or
+// never leave when its address is gone).
 func (l diagLister) Connections() ([]pm.Connection, error) {
 	snap, err := l.c.Snapshot()
 	if err != nil {
@@ -39,7 +41,7 @@ func fromSnapshot(snap *diag.Snapshot) []pm.Connection {
 		for _, sf := range cn.Subflows {
 			// The initial subflow is the connection's own (MP_CAPABLE);
 			// SUB_ESTABLISHED reports joins only, once established.
-			if sf.Flags&(diag.SubflowJoinLocal|diag.SubflowJoinRemote) == 0 || inHandshake(sf.State) {
+			if sf.Flags&(diag.SubflowJoinLocal|diag.SubflowJoinRemote) == 0 || inHandshake(sf.State) || closing(sf.State) {
 				continue
 			}
 			pc.Subflows = append(pc.Subflows, pm.Subflow{
@@ -66,11 +68,11 @@ func inHandshake(s diag.State) bool { return s == diag.StateSynSent || s == diag
 // ends (docs/kernel-notes.md, "Listing connections"). A connection the
 // application only shut down keeps its inode; one not yet accepted has
 // none but is not closing.
-func closedByApp(c diag.Conn) bool {
-	if c.Inode != 0 {
-		return false
-	}
-	switch c.State {
+func closedByApp(c diag.Conn) bool { return c.Inode == 0 && closing(c.State) }
+
+// closing reports whether a socket in state s has closed its end.
+func closing(s diag.State) bool {
+	switch s {
 	case diag.StateFinWait1, diag.StateFinWait2, diag.StateClosing, diag.StateLastAck, diag.StateTimeWait, diag.StateClose:
 		return true
 	}

@@ -18,6 +18,8 @@ func TestFromSnapshot(t *testing.T) {
 		Local: ap("10.0.1.1:4001"), Remote: ap("[::ffff:10.0.0.2]:80")}
 	joining := join
 	joining.State, joining.Local = diag.StateSynSent, ap("10.0.2.1:4002")
+	leaving := join
+	leaving.State, leaving.Local = diag.StateFinWait1, ap("10.0.3.1:4003")
 	conn := func(token uint32, state diag.State, inode uint64, side diag.Side, sfs ...diag.Subflow) diag.ConnWithSubflows {
 		return diag.ConnWithSubflows{
 			Conn: diag.Conn{Token: token, State: state, Inode: inode, Local: ap("10.0.0.1:4000"), Remote: ap("10.0.0.2:80")},
@@ -25,7 +27,7 @@ func TestFromSnapshot(t *testing.T) {
 		}
 	}
 	snap := &diag.Snapshot{Conns: []diag.ConnWithSubflows{
-		conn(1, diag.StateEstablished, 11, diag.SideClient, initial, join, joining),
+		conn(1, diag.StateEstablished, 11, diag.SideClient, initial, join, joining, leaving),
 		conn(0, diag.StateSynSent, 12, diag.SideClient),           // in its handshake: no token yet
 		conn(3, diag.StateSynRecv, 0, diag.SideServer),            // in its handshake, with a token
 		conn(4, diag.StateFinWait2, 0, diag.SideClient),           // closed by its application
