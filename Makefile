@@ -7,7 +7,7 @@ PKGS    := ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-short lint bench bench-restart fuzz demo clean install uninstall
+.PHONY: all build test test-short lint bench bench-restart soak fuzz demo clean install uninstall
 
 all: build
 
@@ -36,6 +36,17 @@ bench:
 # minutes; root, MPTCP and dbus-daemon).
 bench-restart: build
 	$(GO) test -run '^$$' -bench 'BenchmarkStartup|BenchmarkResync10000' -benchtime 3x -count=1 ./cmd/mptcp-pmd
+
+# The chaos soak: a seeded random sequence of steps (connection churn,
+# addresses, carrier, routes, a controller killed, the daemon killed, the
+# bus restarted, a subscriber that stops reading, a flood, reloads) against
+# the built daemon, checking the daemon against the kernel after each.
+# `make test` runs a short one; this runs SOAK_STEPS steps per policy with
+# SOAK_SEED (a failing run prints its seed and step; the same seed replays).
+SOAK_SEED  ?= 20251204
+SOAK_STEPS ?= 400
+soak: build
+	SOAK_SEED=$(SOAK_SEED) SOAK_STEPS=$(SOAK_STEPS) $(GO) test -count=1 -timeout 3h -run '^TestSoak$$' -v ./cmd/mptcp-pmd
 
 FUZZTIME ?= 60s
 fuzz:
