@@ -244,6 +244,20 @@ func TestEndpointsPolicyKeepsEndpointsOnExit(t *testing.T) {
 	}
 }
 
+// TestEndpointsKeptOnExitForRestart: a stop for a restart (the bus went
+// away) keeps the policy's endpoints even with remove_on_exit.
+func TestEndpointsKeptOnExitForRestart(t *testing.T) {
+	k := pmtest.NewFakeKernel()
+	h := newHarness(t, withKernel(k), withPM("kernel"), withPolicy(PolicyEndpoints))
+	h.sendNet(append(hostNet(1), synced)...)
+	h.take()
+	h.s.ExitForRestart()
+	h.stop()
+	if eps, _ := k.Endpoints(); len(eps) != 2 {
+		t.Errorf("endpoints after a stop for a restart: %v, want 2", eps)
+	}
+}
+
 // TestEndpointsPolicyDefaultRoute: with require_default_route, endpoints
 // follow the default routes.
 func TestEndpointsPolicyDefaultRoute(t *testing.T) {

@@ -76,6 +76,7 @@ type Service struct {
 	ready    chan struct{} // closed when the start is complete (Ready)
 	stopped  chan struct{} // closed when Run has returned
 	running  atomic.Bool
+	restart  atomic.Bool // the daemon stops to be restarted: keep what it made (ExitForRestart)
 
 	// Owned by the loop: touched by nothing but Run and the functions it
 	// calls (requests included).
@@ -227,6 +228,12 @@ func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-c
 	}
 }
 
+// ExitForRestart tells the service that the coming stop is a failure the
+// daemon exits on, to be restarted (the bus went away): the endpoints the
+// policy made stay, even with Config.RemoveOnExit, for the next process to
+// find in its record instead of a gap in the in-kernel path manager.
+func (s *Service) ExitForRestart() { s.restart.Store(true) }
+
 // Ready returns a channel that is closed when the start is complete: the
 // kernel's state is read, the host's addresses are known, the live
 // connections are adopted and the built-in policy has acted on them.
@@ -291,7 +298,7 @@ func (s *Service) shutdown() {
 		s.publish(ControllerReleased{Name: s.ctl.name, Path: s.ctl.path, Reason: "shutdown"})
 		s.ctl = nil
 	}
-	if s.cfg.RemoveOnExit {
+	if s.cfg.RemoveOnExit && !s.restart.Load() {
 		s.removeOwnedEndpoints()
 	}
 	s.flush()

@@ -19,6 +19,7 @@ import (
 
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi"
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
 )
 
@@ -190,7 +191,16 @@ func TestStuckSubscriber(t *testing.T) {
 func TestBusLoss(t *testing.T) {
 	lab := pmtest.NewLab(t, pmtest.LabOptions{Paths: 1})
 	bus := dbustest.StartBus(t, dbustest.SystemDefaults())
-	d := startDaemon(t, lab.Client, bus)
+	cli := lab.Client
+	k, err := pmnl.Dial(&pmnl.Config{NetNS: cli.NSFD()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	want := []string{cli.Addrs4[0].String() + " [subflow]", cli.Addrs6[0].String() + " [subflow]"}
+	slices.Sort(want)
+	d := startDaemon(t, cli, bus, "--policy", "endpoints")
+	eventually(t, reaction, "the policy's endpoints", func() bool { return slices.Equal(endpointTable(t, k), want) })
 	start := time.Now()
 	bus.Kill()
 	code, err := d.wait(t, 5*time.Second)
@@ -204,11 +214,20 @@ func TestBusLoss(t *testing.T) {
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("the daemon took %v to notice that the bus went", took)
 	}
+	// An exit for a restart keeps the policy's endpoints (remove_on_exit
+	// is for a clean stop).
+	if got := endpointTable(t, k); !slices.Equal(got, want) {
+		t.Errorf("endpoints after the exit: %v, want %v", got, want)
+	}
 	// Restarted on the new bus, as systemd would, it finds its state.
 	bus.Restart(t)
-	d = startDaemon(t, lab.Client, bus)
-	if err := d.obj(dbusapi.ManagerPath).Call("org.freedesktop.DBus.Peer.Ping", 0).Err; err != nil {
-		t.Fatal(err)
+	d = startDaemon(t, cli, bus, "--policy", "endpoints")
+	out, _, code := ctl(t, bus, "endpoints", "--json")
+	if code != 0 || strings.Count(strings.Join(strings.Fields(out), ""), `"origin":"policy"`) != 2 {
+		t.Errorf("endpoints after the restart (want both of origin policy): %d\n%s", code, out)
+	}
+	if got := endpointTable(t, k); !slices.Equal(got, want) {
+		t.Errorf("endpoints after the restart: %v, want %v", got, want)
 	}
 }
 

@@ -361,12 +361,14 @@ func (d *pmd) serve(ctx context.Context, stop func(), hup <-chan os.Signal) erro
 			// name and every client are gone with it. Exit at once and
 			// say so; Restart=on-failure brings the daemon back, and it
 			// finds its state again.
+			d.svc.ExitForRestart()
 			stop()
 			<-runErr
 			err = errors.New("lost the connection to the system bus")
 			done = true
 		case <-stall.C:
 			if st := d.srv.Stalled(); st > stallLimit {
+				d.svc.ExitForRestart()
 				stop()
 				<-runErr
 				err = fmt.Errorf("the system bus has not taken a message from the daemon for %v "+
