@@ -7,173 +7,18 @@ package main
 // as an unprivileged user.
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
-	"html"
-	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
-	"github.com/godbus/dbus/v5"
-
-	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/diag"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
 )
-
-// soakBus is a private dbus-daemon with the real system bus's default
-// policy and the project's policy file (as dbustest.SystemDefaults), at a
-// fixed address, "unix:path=DIR/socket" without a guid: stop and start
-// bring up a new bus at the same address, as a restart of the system bus
-// does. (dbustest.Bus cannot restart; a Restart method there would make
-// this type unnecessary.)
-type soakBus struct {
-	dir, socket, conf string
-	addr              string
-	cmd               *exec.Cmd
-	done              chan struct{}
-	log               *syncBuffer
-}
-
-// newSoakBus starts the bus; it is stopped and its directory removed when
-// the test ends.
-func newSoakBus(t *testing.T) *soakBus {
-	t.Helper()
-	pmtest.RequireProgram(t, "dbus-daemon")
-	root, err := dbustest.ProjectRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "soakbus-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Clients of uid 65534 connect too.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b := &soakBus{dir: dir, socket: filepath.Join(dir, "socket"), conf: filepath.Join(dir, "bus.conf")}
-	b.addr = "unix:path=" + b.socket
-	conf := `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <listen>unix:path=` + html.EscapeString(b.socket) + `</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-  </policy>
-  <include>` + html.EscapeString(filepath.Join(root, dbustest.PolicyPath)) + `</include>
-</busconfig>
-`
-	if err := os.WriteFile(b.conf, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		b.stop()
-		os.RemoveAll(dir)
-	})
-	b.start(t)
-	return b
-}
-
-// start starts a dbus-daemon at the bus's address and returns once it
-// listens.
-func (b *soakBus) start(t *testing.T) {
-	t.Helper()
-	os.Remove(b.socket)
-	b.log = &syncBuffer{}
-	b.done = make(chan struct{})
-	b.cmd = exec.Command("dbus-daemon", "--config-file="+b.conf, "--print-address", "--nofork", "--nopidfile", "--nosyslog")
-	b.cmd.Stderr = b.log
-	stdout, err := b.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.cmd.Start(); err != nil {
-		t.Fatalf("start dbus-daemon: %v", err)
-	}
-	done := b.done
-	go func() {
-		b.cmd.Wait()
-		close(done)
-	}()
-	line := make(chan string, 1)
-	go func() {
-		l, _ := bufio.NewReader(stdout).ReadString('\n')
-		line <- l
-		io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case l := <-line:
-		if strings.TrimSpace(l) != "" {
-			return
-		}
-		<-done
-		t.Fatalf("dbus-daemon did not start (%v): %s", b.cmd.ProcessState, b.log.String())
-	case <-time.After(10 * time.Second):
-		t.Fatalf("dbus-daemon did not print its address within 10 s: %s", b.log.String())
-	}
-}
-
-// stop stops the dbus-daemon (SIGTERM; SIGKILL after 5 s) and waits for it.
-func (b *soakBus) stop() {
-	if b.cmd == nil {
-		return
-	}
-	select {
-	case <-b.done:
-		return
-	default:
-	}
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-b.done:
-	case <-time.After(5 * time.Second):
-		b.cmd.Process.Kill()
-		<-b.done
-	}
-}
-
-// dial connects a new client of the test to the bus.
-func (b *soakBus) dial(t *testing.T) *dbus.Conn {
-	t.Helper()
-	conn, err := dbus.Connect(b.addr)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", b.addr, err)
-	}
-	return conn
-}
-
-// soakAs returns a command running program as uid and gid 65534 (nobody,
-// nogroup; no supplementary groups) on the bus.
-func soakAs(t *testing.T, b *soakBus, program string, args ...string) *exec.Cmd {
-	t.Helper()
-	setpriv := pmtest.RequireProgram(t, "setpriv")
-	cmd := exec.Command(setpriv, append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", "--", program}, args...)...)
-	cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+b.addr)
-	cmd.Dir = os.TempDir()
-	return cmd
-}
 
 // soakSubscriberScript subscribes to every signal of the daemon and reads
 // them (until it is stopped). It prints "subscribed" once its match rule is

@@ -207,7 +207,7 @@ type soak struct {
 	desc  string
 
 	cli, srv   *pmtest.Host
-	bus        *soakBus
+	bus        *dbustest.Bus
 	conn       *dbus.Conn // the test's client on the current bus
 	d          *testDaemon
 	prev       *testDaemon   // the daemon before the last restart
@@ -320,8 +320,8 @@ func runSoak(t *testing.T, cfg soakConfig, seed, stream uint64, steps int, until
 	for i, a := range []netip.Addr{s.cli.Addrs4[0], s.cli.Addrs6[0]} {
 		s.cliServers[i] = s.cli.Serve(t, netip.AddrPortFrom(a, 0))
 	}
-	s.bus = newSoakBus(t)
-	s.conn = s.bus.dial(t)
+	s.bus = dbustest.StartBus(t, dbustest.SystemDefaults())
+	s.conn = s.bus.Dial(t)
 	s.confPath = filepath.Join(t.TempDir(), "mptcp-pmd.toml")
 	writeFile(t, s.confPath, s.conf.text())
 	t.Cleanup(s.cleanup) // before the bus and the lab go
@@ -470,7 +470,7 @@ func (s *soak) startDaemon() {
 	t := s.t
 	cmd := exec.Command("ip", "netns", "exec", s.cli.Name, filepath.Join(binDir(t), "mptcp-pmd"),
 		"--config="+s.confPath, "--log-level", "debug", "--runtime-dir="+runtimeDir(t, s.cli))
-	cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+s.bus.addr)
+	cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+s.bus.Address())
 	cmd.Dir = built.root
 	d := &testDaemon{host: s.cli, cmd: cmd, log: &syncBuffer{}, done: make(chan struct{}), conn: s.conn}
 	cmd.Stdout, cmd.Stderr = d.log, d.log
@@ -756,7 +756,7 @@ func (s *soak) planController() (string, func()) {
 			s.failf("%v", err)
 		}
 		cmd := exec.Command(pythonPath, filepath.Join(root, "dist/examples/controller.py"), local.String())
-		cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+s.bus.addr)
+		cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+s.bus.Address())
 		b := startBackground(s.t, cmd, "registered as the controller")
 		if mode := managerProp(s.t, s.d, "ControlMode"); mode != "controller" {
 			s.failf("ControlMode %q while controller.py is registered", mode)
@@ -810,10 +810,10 @@ func (s *soak) planRestart() (string, func()) {
 }
 
 func (s *soak) planBusRestart() (string, func()) {
-	return "bus restart: stop the dbus-daemon (mptcp-pmd must exit with a non-zero status within 1 s), a new one at the same address, start mptcp-pmd again", func() {
+	return "bus restart: kill the dbus-daemon (mptcp-pmd must exit with a non-zero status within 1 s), a new one at the same address, start mptcp-pmd again", func() {
 		d := s.d
 		s.alive()
-		s.bus.stop()
+		s.bus.Kill()
 		lost := time.Now()
 		select {
 		case <-d.done:
@@ -830,8 +830,8 @@ func (s *soak) planBusRestart() (string, func()) {
 		}
 		d.kill9(s.t) // it is gone: nothing to stop at the end
 		s.conn.Close()
-		s.bus.start(s.t)
-		s.conn = s.bus.dial(s.t)
+		s.bus.Restart(s.t)
+		s.conn = s.bus.Dial(s.t)
 		s.startDaemon()
 	}
 }
@@ -839,7 +839,7 @@ func (s *soak) planBusRestart() (string, func()) {
 func (s *soak) planSubscriber() (string, func()) {
 	left := 2 + s.rng.IntN(4)
 	return fmt.Sprintf("a subscriber (python3-dbus, uid 65534) subscribes to the daemon's signals, then is SIGSTOPped for %d steps", left), func() {
-		cmd := soakAs(s.t, s.bus, pythonPath, "-c", soakSubscriberScript)
+		cmd := s.bus.CommandAs(s.t, 65534, 65534, pythonPath, "-c", soakSubscriberScript)
 		b := startBackground(s.t, cmd, "subscribed")
 		if err := b.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 			s.failf("SIGSTOP the subscriber: %v", err)
@@ -894,7 +894,7 @@ func (s *soak) flood(dur time.Duration, width int) {
 		}
 		results[i] = result{out, err, code}
 	}
-	py := soakAs(t, s.bus, pythonPath, "-c", soakFloodScript, strconv.FormatFloat(dur.Seconds(), 'f', 3, 64), strconv.Itoa(width))
+	py := s.bus.CommandAs(t, 65534, 65534, pythonPath, "-c", soakFloodScript, strconv.FormatFloat(dur.Seconds(), 'f', 3, 64), strconv.Itoa(width))
 	wg.Add(1)
 	pyDone := make(chan struct{})
 	go func() {
@@ -905,7 +905,7 @@ func (s *soak) flood(dur time.Duration, width int) {
 	}()
 	for i, c := range ctls {
 		wg.Add(1)
-		go run(i+1, soakAs(t, s.bus, ctlPath, append([]string{"--timeout", "10s"}, c.args...)...))
+		go run(i+1, s.bus.CommandAs(t, 65534, 65534, ctlPath, append([]string{"--timeout", "10s"}, c.args...)...))
 	}
 	// Ping meanwhile, each followed by a call to the bus itself: on two
 	// busy CPUs the bus (or this process) alone can take over 100 ms when
