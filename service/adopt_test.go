@@ -240,6 +240,16 @@ func TestRecordRestoresOrigins(t *testing.T) {
 		origins = append(origins, e.Addr.String()+" "+string(e.Origin))
 	}
 	sameStrings(t, "the record", origins, []string{"10.55.0.1 policy", "192.0.2.7 admin"})
+	// The start names another program's endpoint, not one it made itself
+	// (found under systemd after kill -9).
+	for _, line := range strings.Split(h.log.String(), "\n") {
+		if strings.Contains(line, "made by another program") && !strings.Contains(line, "addr=192.0.2.8") {
+			t.Errorf("an endpoint of the daemon's record called another program's: %s", line)
+		}
+	}
+	if !strings.Contains(h.log.String(), "made by another program") {
+		t.Errorf("192.0.2.8 (ip mptcp's) not reported at the start:\n%s", h.log)
+	}
 }
 
 func TestRecordNotTrusted(t *testing.T) {

@@ -270,7 +270,7 @@ func (s *Service) start() error {
 	s.saveRecord()
 	s.checkPathManager()
 	for _, e := range s.endpoints {
-		if e.Flags&pm.FlagImplicit == 0 {
+		if e.Flags&pm.FlagImplicit == 0 && e.Origin == policy.OriginExternal {
 			s.log.Info("in-kernel endpoints made by another program exist (NetworkManager, ip mptcp, ...): "+
 				"another program manages endpoints too; the built-in policy leaves them alone",
 				"id", e.ID, "addr", e.Addr, "flags", e.Flags.String())
