@@ -200,7 +200,7 @@ func TestMptcpctlAnnounce(t *testing.T) {
 		LocalPort    uint16 `json:"local_port"`
 	}
 	type conn struct {
-		Token     uint32      `json:"token"`
+		Token     string      `json:"token"` // eight hex digits
 		Announced []announced `json:"announced_addresses"`
 		Subflows  []subflow   `json:"subflows"`
 	}
@@ -208,7 +208,7 @@ func TestMptcpctlAnnounce(t *testing.T) {
 	eventually(t, 5*time.Second, "the peer joins the announced address", func() bool {
 		c := ctlJSON[conn](t, s, "connection", "show", n)
 		joined := slices.Contains(c.Subflows, subflow{addr.String(), port})
-		return c.Token == obj.Token && slices.Equal(c.Announced, []announced{want}) && joined
+		return c.Token == fmt.Sprintf("%08x", obj.Token) && slices.Equal(c.Announced, []announced{want}) && joined
 	})
 	inKernel := func() bool {
 		as, err := k.Addresses(obj.Token)

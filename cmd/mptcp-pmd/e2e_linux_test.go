@@ -384,7 +384,7 @@ var monitorEvent = regexp.MustCompile(`\[\s*([A-Z_]+)\]`)
 type ctlJSONConn struct {
 	Number        uint64 `json:"number"`
 	Path          string `json:"path"`
-	Token         uint32 `json:"token"`
+	Token         string `json:"token"` // eight hex digits, as in the table
 	ServerSide    bool   `json:"server_side"`
 	State         string `json:"state"`
 	LocalAddress  string `json:"local_address"`
@@ -465,7 +465,7 @@ func TestMptcpctl(t *testing.T) {
 		t.Fatalf("mptcpctl --json connections: %d connections, want 1:\n%s", len(conns), out)
 	}
 	got := conns[0]
-	if got.Number != 1 || got.Path != string(obj.Path) || got.Token != created.Token || got.ServerSide || got.State != "established" ||
+	if got.Number != 1 || got.Path != string(obj.Path) || got.Token != fmt.Sprintf("%08x", created.Token) || got.ServerSide || got.State != "established" ||
 		got.LocalAddress != local.Addr().String() || got.LocalPort != local.Port() ||
 		got.RemoteAddress != remote.Addr().String() || got.RemotePort != remote.Port() {
 		t.Errorf("mptcpctl --json connections: %+v; the kernel: token %08x %s -> %s", got, created.Token, local, remote)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -177,7 +178,7 @@ type addressInfo struct {
 type connection struct {
 	Number             uint64      `json:"number"`
 	Path               string      `json:"path"`
-	Token              uint32      `json:"token"`
+	Token              hexToken    `json:"token"`
 	ServerSide         bool        `json:"server_side"`
 	State              string      `json:"state"`
 	LocalAddress       string      `json:"local_address"`
@@ -188,6 +189,31 @@ type connection struct {
 	Subflows           []subflow   `json:"subflows"`
 	RemoteAddresses    []announced `json:"remote_addresses"`
 	AnnouncedAddresses []announced `json:"announced_addresses"`
+}
+
+// hexToken is a connection token, printed as mptcpctl prints it everywhere
+// (and as the daemon's journal fields have it): eight hex digits, also in
+// JSON, where it is a string.
+type hexToken uint32
+
+// String returns the eight hex digits.
+func (t hexToken) String() string { return fmt.Sprintf("%08x", uint32(t)) }
+
+// MarshalJSON returns the token as a JSON string of eight hex digits.
+func (t hexToken) MarshalJSON() ([]byte, error) { return []byte(`"` + t.String() + `"`), nil }
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (t *hexToken) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	v, err := strconv.ParseUint(s, 16, 32)
+	if err != nil || len(s) != 8 {
+		return fmt.Errorf("token: %q is not eight hex digits", s)
+	}
+	*t = hexToken(v)
+	return nil
 }
 
 type subflow struct {

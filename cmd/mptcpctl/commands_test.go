@@ -124,13 +124,18 @@ func TestConnections(t *testing.T) {
 		t.Errorf("connections:\n got %q\nwant %q", rows, want)
 	}
 
-	js := decodeJSON[[]connection](t, mustCtl(t, "connections", "--json"))
+	out := mustCtl(t, "connections", "--json")
+	js := decodeJSON[[]connection](t, out)
+	// Tokens in JSON are strings of eight hex digits, as in the table.
+	if tok := fmt.Sprintf(`"token":"%08x"`, conns[0].Token); !strings.Contains(strings.ReplaceAll(out, " ", ""), tok) {
+		t.Errorf("connections --json has no %s:\n%s", tok, out)
+	}
 	if len(js) != 2 {
 		t.Fatalf("connections --json: %+v", js)
 	}
 	for i, c := range conns {
 		j := js[i]
-		if j.Number != c.ID || j.Token != c.Token || j.State != c.State || j.LocalAddress != c.LocalAddress.String() ||
+		if j.Number != c.ID || uint32(j.Token) != c.Token || j.State != c.State || j.LocalAddress != c.LocalAddress.String() ||
 			j.LocalPort != c.LocalPort || j.RemoteAddress != c.RemoteAddress.String() || j.RemotePort != c.RemotePort ||
 			len(j.Subflows) != len(c.Subflows) {
 			t.Errorf("connections --json [%d] = %+v, state %+v", i, j, c)

@@ -183,7 +183,7 @@ func (st *monitorState) load(c *client) error {
 
 func (st *monitorState) addConn(cn connection) {
 	p := dbus.ObjectPath(cn.Path)
-	st.tokens[p] = cn.Token
+	st.tokens[p] = uint32(cn.Token)
 	st.announced[p] = cn.AnnouncedAddresses
 }
 

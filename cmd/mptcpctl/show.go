@@ -57,7 +57,7 @@ func cmdConnections(x *cmdCtx, args []string) error {
 	tw := table(x.out)
 	fmt.Fprintln(tw, "#\tTOKEN\tSTATE\tSIDE\tLOCAL\tREMOTE\tSUBFLOWS")
 	for _, c := range conns {
-		fmt.Fprintf(tw, "%d\t%08x\t%s\t%s\t%s\t%s\t%d\n", c.Number, c.Token, c.State, side(c.ServerSide),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\n", c.Number, c.Token, c.State, side(c.ServerSide),
 			hostPort(c.LocalAddress, c.LocalPort), hostPort(c.RemoteAddress, c.RemotePort), len(c.Subflows))
 		for _, s := range c.Subflows {
 			fmt.Fprintf(tw, "\t\tsubflow\t%s\t%s\t%s\t%s\n", subflowIDs(s),
@@ -89,7 +89,7 @@ func cmdConnectionShow(x *cmdCtx, args []string) error {
 	}
 	tw := table(x.out)
 	fmt.Fprintf(tw, "Connection:\t%d (%s)\n", cn.Number, cn.Path)
-	fmt.Fprintf(tw, "Token:\t%08x\n", cn.Token)
+	fmt.Fprintf(tw, "Token:\t%s\n", cn.Token)
 	fmt.Fprintf(tw, "State:\t%s, %s side\n", cn.State, side(cn.ServerSide))
 	fmt.Fprintf(tw, "Local:\t%s\n", hostPort(cn.LocalAddress, cn.LocalPort))
 	fmt.Fprintf(tw, "Remote:\t%s\n", hostPort(cn.RemoteAddress, cn.RemotePort))
