@@ -17,6 +17,9 @@ const (
 	dbusAccessDenied   = "org.freedesktop.DBus.Error.AccessDenied"
 	dbusUnknownObject  = "org.freedesktop.DBus.Error.UnknownObject"
 	dbusUnknownMethod  = "org.freedesktop.DBus.Error.UnknownMethod"
+	// polkit would ask the caller to authenticate, which mptcpctl does not
+	// allow (it sets no ALLOW_INTERACTIVE_AUTHORIZATION flag).
+	dbusInteractiveAuth = "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
 )
 
 // callError turns the error of a D-Bus call into an exitError whose
@@ -55,6 +58,9 @@ func callError(err error) error {
 	case errorPrefix + "PermissionDenied", dbusAccessDenied:
 		return fail(exitPermission, "permission denied: %s (changes need root, a group the daemon's "+
 			"configuration allows, or polkit's authorization: try sudo)", msg)
+	case dbusInteractiveAuth:
+		return fail(exitPermission, "permission denied: %s (polkit would let you in after authenticating, "+
+			"which mptcpctl does not ask for: try sudo)", msg)
 	case errorPrefix + "NotController":
 		return fail(exitFailure, "not the controller: %s (a program has claimed path management, "+
 			"see `mptcpctl status`; changes go through it until it lets go, or `mptcpctl revoke` takes control back)", msg)

@@ -34,6 +34,20 @@ func TestNotRunning(t *testing.T) {
 	}
 }
 
+// TestInteractiveAuthorization: polkit's "authenticate first", which the
+// daemon answers with the standard D-Bus error, is a permission denial
+// (exit 4) that says what to do.
+func TestInteractiveAuthorization(t *testing.T) {
+	err := callError(dbus.Error{
+		Name: "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+		Body: []any{"interactive authorization required: :1.21 (uid 65534) needs to authenticate"},
+	})
+	ee, ok := err.(*exitError)
+	if !ok || ee.code != exitPermission || !strings.Contains(ee.Error(), "uid 65534") || !strings.Contains(ee.Error(), "sudo") {
+		t.Errorf("callError = %#v (%v), want exit %d naming the caller and sudo", err, err, exitPermission)
+	}
+}
+
 func TestNoBus(t *testing.T) {
 	addr := "unix:path=" + filepath.Join(t.TempDir(), "no-bus")
 	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", addr)
