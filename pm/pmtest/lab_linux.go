@@ -44,9 +44,10 @@ type Host struct {
 	Addrs4 []netip.Addr // IPv4 address of each path
 	Addrs6 []netip.Addr // IPv6 address of each path
 
-	fd  netns.NsHandle
-	mu  sync.Mutex
-	fns []func()
+	fd       netns.NsHandle
+	attached bool // the namespace is another's (AttachNamespace): never kill its processes
+	mu       sync.Mutex
+	fns      []func()
 }
 
 // NewLab builds a lab, or skips the test (fails it in CI) when this machine
@@ -104,6 +105,25 @@ func NewNamespace(tb testing.TB) *Host {
 	tb.Helper()
 	RequireLab(tb)
 	return newHost(tb, uniquePrefix(tb)+"-ns")
+}
+
+// AttachNamespace returns a Host for the network namespace of process pid,
+// which someone else made (a container's, say), under a name of its own for
+// `ip netns`. When the test ends the name goes; the namespace and its
+// processes are left alone, and its settings are not changed.
+func AttachNamespace(tb testing.TB, pid int) *Host {
+	tb.Helper()
+	RequireLab(tb)
+	name := uniquePrefix(tb) + "-att"
+	run(tb, "ip", "netns", "attach", name, fmt.Sprint(pid))
+	h := &Host{Name: name, fd: -1, attached: true}
+	tb.Cleanup(h.destroy)
+	fd, err := netns.GetFromName(name)
+	if err != nil {
+		tb.Fatalf("pmtest: open namespace %s: %v", name, err)
+	}
+	h.fd = fd
+	return h
 }
 
 func newHost(tb testing.TB, name string) *Host {
@@ -338,7 +358,7 @@ func (h *Host) destroy() {
 	for i := len(fns) - 1; i >= 0; i-- {
 		fns[i]()
 	}
-	if out, err := exec.Command("ip", "netns", "pids", h.Name).Output(); err == nil {
+	if out, err := exec.Command("ip", "netns", "pids", h.Name).Output(); err == nil && !h.attached {
 		for _, f := range strings.Fields(string(out)) {
 			var pid int
 			if _, err := fmt.Sscan(f, &pid); err == nil {
