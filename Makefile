@@ -7,7 +7,7 @@ PKGS    := ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-short lint bench bench-restart soak fuzz demo clean install uninstall
+.PHONY: all build test test-short test-systemd lint bench bench-restart soak fuzz demo clean install uninstall
 
 all: build
 
@@ -23,6 +23,12 @@ test: lint
 # skips (the Require functions of pm/pmtest honour -short).
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
+
+# The systemd lane alone: make install into a systemd-nspawn container that
+# boots a real systemd, and the unit run and checked there (root,
+# systemd-container; part of make test).
+test-systemd:
+	$(GO) test -count=1 -v -run '^TestSystemd$$' ./dist
 
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
