@@ -267,11 +267,9 @@ func (l *lane) connections(t *testing.T) {
 		l.srv.Run(t, "sysctl", "-qw", "net.ipv4.conf."+s+".rp_filter=0")
 		l.cli.Run(t, "ip", "link", "set", c, "up")
 		l.srv.Run(t, "ip", "link", "set", s, "up")
-		// A subflow from ca leaves through path i whatever its destination.
-		table := fmt.Sprint(100 + i)
-		l.cli.Run(t, "ip", "route", "add", "10.77.0.0/16", "via", sa.String(), "dev", c, "onlink", "table", table)
-		l.cli.Run(t, "ip", "rule", "add", "from", ca.String(), "table", table)
 		l.cliAddrs, l.srvAddrs = append(l.cliAddrs, ca), append(l.srvAddrs, sa)
+		l.cli.Run(t, "ip", "rule", "add", "from", ca.String(), "table", fmt.Sprint(100+i))
+		l.route(t, i)
 	}
 	l.srv.Run(t, "ip", "mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "8")
 	// The policy's endpoints: one per client address, "subflow".
@@ -302,8 +300,16 @@ func (l *lane) connections(t *testing.T) {
 	l.sameAsKernel(t)
 }
 
+// route makes a subflow from the client's address on path i leave through
+// path i whatever its destination.
+func (l *lane) route(t *testing.T, i int) {
+	l.cli.Run(t, "ip", "route", "replace", "10.77.0.0/16", "via", l.srvAddrs[i].String(), "dev", fmt.Sprintf("sd%d", i),
+		"onlink", "table", fmt.Sprint(100+i))
+}
+
 // kill9: Restart=on-failure brings the daemon back, which finds the
-// connections and its endpoints again.
+// connections and its endpoints again; and, killed again, it removes the
+// endpoint of an address that went while it was down.
 func (l *lane) kill9(t *testing.T) {
 	before := l.endpoints(t)
 	pid := l.prop(t, "MainPID")
@@ -324,6 +330,32 @@ func (l *lane) kill9(t *testing.T) {
 	if recs := l.journal(t, "-u "+unitName+" _PID="+l.prop(t, "MainPID"), "record of the daemon's endpoints read"); len(recs) != 1 {
 		t.Errorf("the new process logged %d records of reading its endpoints' record, want 1", len(recs))
 	}
+	l.sameAsKernel(t)
+
+	// Killed again, and sd1's address removed before the restart (the
+	// kernel keeps the endpoint): the new process removes it.
+	pid = l.prop(t, "MainPID")
+	l.c.Run(t, "kill -9 "+pid)
+	gone := l.cliAddrs[1].String() + "/24"
+	l.cli.Run(t, "ip", "addr", "del", gone, "dev", "sd1")
+	if eps := l.kernelEndpoints(t); len(eps) != 2 {
+		t.Fatalf("the kernel's endpoints with the daemon down: %v", eps)
+	}
+	l.waitRestart(t, pid, 15*time.Second)
+	l.eventually(t, 5*time.Second, "the stale endpoint removed", func() string {
+		if eps := l.kernelEndpoints(t); len(eps) != 1 || eps[0].ID != before[0].ID || eps[0].Address != before[0].Address {
+			return fmt.Sprint(eps)
+		}
+		return ""
+	})
+	l.cli.Run(t, "ip", "addr", "add", gone, "dev", "sd1")
+	l.route(t, 1)
+	l.eventually(t, 5*time.Second, "the endpoint of the address back", func() string {
+		if eps := l.kernelEndpoints(t); len(eps) != 2 || eps[1].Address != l.cliAddrs[1].String() {
+			return fmt.Sprint(eps)
+		}
+		return ""
+	})
 	l.sameAsKernel(t)
 }
 
