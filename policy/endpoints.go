@@ -56,8 +56,10 @@ func (endpoints) Endpoints(v View) []Action {
 		if !e.Owned() {
 			continue
 		}
-		if _, ok := lookup(addrs, e.Addr); !ok || ownedDuplicate(v.Endpoints, i) {
-			removes = append(removes, Action{Kind: RemoveEndpoint, Endpoint: e})
+		if _, ok := lookup(addrs, e.Addr); !ok {
+			removes = append(removes, Action{Kind: RemoveEndpoint, Endpoint: e, Reason: "the address is not usable any more"})
+		} else if ownedDuplicate(v.Endpoints, i) {
+			removes = append(removes, Action{Kind: RemoveEndpoint, Endpoint: e, Reason: "another endpoint has the address"})
 		}
 	}
 	remaining := len(v.Endpoints) - len(removes)
@@ -102,12 +104,13 @@ func (endpoints) Endpoints(v View) []Action {
 		case setFlag:
 			e := v.Endpoints[owned[i]]
 			e.Flags = a.Flags
-			sets = append(sets, Action{Kind: SetEndpointFlags, Endpoint: e})
+			sets = append(sets, Action{Kind: SetEndpointFlags, Endpoint: e, Reason: "the configured flags changed"})
 		case readd:
-			removes = append(removes, Action{Kind: RemoveEndpoint, Endpoint: v.Endpoints[owned[i]]})
-			adds = append(adds, Action{Kind: AddEndpoint, Endpoint: want})
+			why := "its interface, port or flags changed"
+			removes = append(removes, Action{Kind: RemoveEndpoint, Endpoint: v.Endpoints[owned[i]], Reason: why})
+			adds = append(adds, Action{Kind: AddEndpoint, Endpoint: want, Reason: why})
 		case add:
-			adds = append(adds, Action{Kind: AddEndpoint, Endpoint: want})
+			adds = append(adds, Action{Kind: AddEndpoint, Endpoint: want, Reason: "usable address on " + a.Interface})
 		}
 	}
 	byAddr := func(a, b Action) int {

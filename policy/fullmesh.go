@@ -52,7 +52,7 @@ func (fullmesh) Connection(v View, c Connection) []Action {
 			if !ok || joined(&c, local, remote) {
 				continue
 			}
-			out = append(out, subflowTo(&c, a, remote))
+			out = append(out, subflowTo(&c, a, remote, "no subflow from "+local.String()+" to "+remote.Addr().String()))
 			left--
 		}
 	}

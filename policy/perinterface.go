@@ -65,7 +65,7 @@ func (perInterface) Connection(v View, c Connection) []Action {
 		for i := from; i < to; i++ {
 			a := addrs[i]
 			if c.sameFamily(a.Addr) && pm.CanonicalAddr(a.Addr) != pm.CanonicalAddr(c.Local.Addr()) && firstOf(addrs, i) && !c.failed(a.Addr) {
-				out = append(out, subflowTo(&c, a, remote))
+				out = append(out, subflowTo(&c, a, remote, "interface "+a.Interface+" has no subflow"))
 				left--
 				break
 			}
@@ -114,7 +114,8 @@ func announceOthers(addrs []Address, c *Connection) []Action {
 	var out []Action
 	for _, an := range c.Announced {
 		if _, ok := lookup(addrs, an.Addr); !ok {
-			out = append(out, Action{Kind: Withdraw, Token: c.Token, ID: an.ID, Local: an.Addr, LocalPort: an.Port})
+			out = append(out, Action{Kind: Withdraw, Token: c.Token, ID: an.ID, Local: an.Addr, LocalPort: an.Port,
+				Reason: "address " + an.Addr.String() + " is not usable any more"})
 		}
 	}
 	for i, a := range addrs {
@@ -126,6 +127,7 @@ func announceOthers(addrs []Address, c *Connection) []Action {
 		out = append(out, Action{
 			Kind: Announce, Token: c.Token,
 			Local: k, Interface: a.Interface, Ifindex: a.Ifindex,
+			Reason: "address " + k.String() + " on " + a.Interface + " is not announced",
 		})
 	}
 	return out

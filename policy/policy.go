@@ -155,6 +155,9 @@ type Action struct {
 	Backup    bool
 	Remote    netip.AddrPort // the remote side of a subflow
 	ID        uint8          // Withdraw: the announcement's id; Announce: 0 = the service picks
+	// Reason says why the policy wants the action, in a few words for the
+	// log ("interface wlan0 has no subflow").
+	Reason string
 }
 
 // String describes the action for logs.
@@ -164,10 +167,10 @@ func (a Action) String() string {
 		e := a.Endpoint
 		return fmt.Sprintf("%v id %d %v [%s] dev %q", a.Kind, e.ID, e.Addr, e.Flags, e.Interface)
 	case CreateSubflow, DestroySubflow:
-		return fmt.Sprintf("%v token %d %v -> %v dev %q backup %t", a.Kind, a.Token,
+		return fmt.Sprintf("%v token %08x %v -> %v dev %q backup %t", a.Kind, a.Token,
 			netip.AddrPortFrom(a.Local, a.LocalPort), a.Remote, a.Interface, a.Backup)
 	case Announce, Withdraw:
-		return fmt.Sprintf("%v token %d id %d %v dev %q", a.Kind, a.Token, a.ID,
+		return fmt.Sprintf("%v token %08x id %d %v dev %q", a.Kind, a.Token, a.ID,
 			netip.AddrPortFrom(a.Local, a.LocalPort), a.Interface)
 	}
 	return a.Kind.String()
@@ -313,6 +316,7 @@ func staleSubflows(out []Action, addrs []Address, c *Connection) ([]Action, int)
 			Kind: DestroySubflow, Token: c.Token,
 			Local: s.Local.Addr(), LocalPort: s.Local.Port(), Interface: s.Interface,
 			Backup: s.Backup, Remote: s.Remote,
+			Reason: "address " + s.Local.Addr().String() + " is not usable any more",
 		})
 	}
 	return out, extra
@@ -323,11 +327,11 @@ func room(limit uint32, extra int) int {
 	return max(int(limit)-extra, 0)
 }
 
-// subflowTo returns the CreateSubflow action from a to remote.
-func subflowTo(c *Connection, a Address, remote netip.AddrPort) Action {
+// subflowTo returns the CreateSubflow action from a to remote, for reason.
+func subflowTo(c *Connection, a Address, remote netip.AddrPort, reason string) Action {
 	return Action{
 		Kind: CreateSubflow, Token: c.Token,
 		Local: pm.CanonicalAddr(a.Addr), Interface: a.Interface, Ifindex: a.Ifindex,
-		Backup: a.Flags&pm.FlagBackup != 0, Remote: remote,
+		Backup: a.Flags&pm.FlagBackup != 0, Remote: remote, Reason: reason,
 	}
 }

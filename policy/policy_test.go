@@ -91,9 +91,9 @@ func TestActionString(t *testing.T) {
 	}{
 		{Action{Kind: AddEndpoint, Endpoint: Endpoint{Address: pm.Address{Addr: c1v4.Addr, Flags: subBackup}, Interface: "c1"}},
 			`add-endpoint id 0 10.55.1.1 [subflow,backup] dev "c1"`},
-		{createFrom(c1v4, srv4, true), `create-subflow token 7 10.55.1.1:0 -> 10.55.0.2:8080 dev "c1" backup true`},
+		{createFrom(c1v4, srv4, true), `create-subflow token 00000007 10.55.1.1:0 -> 10.55.0.2:8080 dev "c1" backup true`},
 		{Action{Kind: Withdraw, Token: 7, ID: 3, Local: c1v6.Addr, LocalPort: 80},
-			`withdraw token 7 id 3 [fd00:55:1::1]:80 dev ""`},
+			`withdraw token 00000007 id 3 [fd00:55:1::1]:80 dev ""`},
 		{Action{Kind: 99}, "Kind(99)"},
 	}
 	for _, tt := range tests {
@@ -107,5 +107,61 @@ func TestKeyUnmaps(t *testing.T) {
 	mapped := netip.MustParseAddr("::ffff:10.55.0.1")
 	if pm.CanonicalAddr(mapped) != c0v4.Addr || pm.CanonicalAddr(netip.MustParseAddr("fe80::1%c0")) != netip.MustParseAddr("fe80::1") {
 		t.Errorf("key does not unmap or drop the zone")
+	}
+}
+
+// TestReasons: each policy says why it wants an action, in words that
+// name what it saw.
+func TestReasons(t *testing.T) {
+	mustNew := func(name string) Policy {
+		p, err := New(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	withSubflow := func(s Subflow) Connection {
+		c := client4()
+		c.Subflows = append(c.Subflows, s)
+		return c
+	}
+	fromC1 := Subflow{Local: ap(c1v4, 41000), Remote: srv4, Interface: "c1"}
+	server := Connection{Token: 7, ServerSide: true, Established: true, Local: srv4, Remote: ap(c0v4, 40000),
+		Subflows: []Subflow{{Local: srv4, Remote: ap(c0v4, 40000)}},
+		Announced: []PeerAddress{{ID: 3, Addr: netip.MustParseAddr("10.55.9.2")}}}
+	srvAddrs := []Address{{Interface: "s0", Ifindex: 2, Addr: srv4.Addr()}, {Interface: "s1", Ifindex: 3, Addr: netip.MustParseAddr("10.55.1.2")}}
+	gone := ep(9, Address{Interface: "c9", Ifindex: 9, Addr: netip.MustParseAddr("10.55.9.1"), Flags: sub})
+	tests := []struct {
+		name string
+		acts []Action
+		want []string
+	}{
+		{"subflow-per-interface: a new interface",
+			mustNew(NameSubflowPerInterface).Connection(View{Addresses: []Address{c0v4, c1v4}, SubflowLimit: 8}, client4()),
+			[]string{"interface c1 has no subflow"}},
+		{"subflow-per-interface: an address gone",
+			mustNew(NameSubflowPerInterface).Connection(View{Addresses: []Address{c0v4}, SubflowLimit: 8}, withSubflow(fromC1)),
+			[]string{"address 10.55.1.1 is not usable any more"}},
+		{"subflow-per-interface: the server's announcements",
+			mustNew(NameSubflowPerInterface).Connection(View{Addresses: srvAddrs}, server),
+			[]string{"address 10.55.9.2 is not usable any more", "address 10.55.1.2 on s1 is not announced"}},
+		{"fullmesh: a new address",
+			mustNew(NameFullmesh).Connection(View{Addresses: []Address{c0v4, c1v4}, SubflowLimit: 8}, client4()),
+			[]string{"no subflow from 10.55.1.1 to 10.55.0.2"}},
+		{"endpoints: a new address, an address gone",
+			mustNew(NameEndpoints).Endpoints(View{Addresses: []Address{c0v4, c1v4}, Endpoints: []Endpoint{ep(1, c0v4), gone}}),
+			[]string{"the address is not usable any more", "usable address on c1"}},
+		{"endpoints: flags changed",
+			mustNew(NameEndpoints).Endpoints(View{Addresses: []Address{with(c0v4, subBackup)}, Endpoints: []Endpoint{ep(1, c0v4)}}),
+			[]string{"the configured flags changed"}},
+	}
+	for _, tt := range tests {
+		var got []string
+		for _, a := range tt.acts {
+			got = append(got, a.Reason)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("%s: reasons %q, want %q (actions %v)", tt.name, got, tt.want, tt.acts)
+		}
 	}
 }

@@ -164,7 +164,7 @@ func (s *Service) adoptAnnouncements(c *conn) {
 		c.userspace = false
 		return
 	case err != nil:
-		s.log.Warn("reading a connection's announced addresses", "token", c.token, "err", err)
+		s.log.Warn("reading a connection's announced addresses", "token", logToken(c.token), "err", err)
 		return
 	}
 	for _, a := range addrs {
@@ -179,9 +179,9 @@ func (s *Service) adoptAnnouncements(c *conn) {
 		bound, ours, err := s.lis.acquire(netip.AddrPortFrom(a.Addr, port))
 		if err != nil {
 			s.log.Warn("announced address: no listener can be opened behind it again: withdrawing it",
-				"token", c.token, "id", a.ID, "addr", a.Addr, "err", err)
+				"token", logToken(c.token), "id", a.ID, "addr", a.Addr, "err", err)
 			if err := s.k.Remove(c.token, a.ID); err != nil {
-				s.log.Warn("withdrawing an announcement", "token", c.token, "id", a.ID, "err", err)
+				s.log.Warn("withdrawing an announcement", "token", logToken(c.token), "id", a.ID, "err", err)
 			}
 			continue
 		}
@@ -199,7 +199,7 @@ func (s *Service) adoptAnnouncements(c *conn) {
 // err.
 func (s *Service) gone(c *conn, err error) error {
 	if errors.Is(err, pm.ErrUnknownToken) && s.conns.byToken[c.token] == c {
-		s.log.Debug("connection closed: the kernel no longer knows its token", "token", c.token)
+		s.log.Debug("connection closed: the kernel no longer knows its token", "token", logToken(c.token))
 		s.conns.closed.add(c.token)
 		s.drop(c)
 	}

@@ -45,7 +45,7 @@ func (s *Service) handleEvent(ev pm.Event) {
 			s.reconcileConn(c)
 		case c != nil:
 		case s.conns.closed.contains(ev.Token):
-			s.log.Debug("ESTABLISHED after CLOSED ignored", "token", ev.Token)
+			s.log.Debug("ESTABLISHED after CLOSED ignored", "token", logToken(ev.Token))
 		default:
 			s.reconcileConn(s.addConn(ev, true))
 		}
@@ -74,7 +74,7 @@ func (s *Service) handleEvent(ev pm.Event) {
 func (s *Service) known(ev pm.Event) *conn {
 	c := s.conns.byToken[ev.Token]
 	if c == nil {
-		s.log.Debug("event for an unknown connection ignored", "event", ev.Type, "token", ev.Token)
+		s.log.Debug("event for an unknown connection ignored", "event", ev.Type, "token", logToken(ev.Token))
 	}
 	return c
 }

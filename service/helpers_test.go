@@ -59,8 +59,9 @@ type harness struct {
 	pmErr  error
 	pmSets []string // what SetPathManager was asked
 
-	listing bool   // the service lists h.k's connections (withLister)
-	record  Record // withRecord
+	listing  bool       // the service lists h.k's connections (withLister)
+	record   Record     // withRecord
+	logLevel slog.Level // the logger's level: debug unless withLogLevel
 }
 
 type harnessOpt func(*harness, *Config)
@@ -86,6 +87,9 @@ func withLister() harnessOpt { return func(h *harness, _ *Config) { h.listing = 
 func withRecord(r Record) harnessOpt { return func(h *harness, _ *Config) { h.record = r } }
 
 // withPM sets the path manager the namespace reports at first.
+// withLogLevel sets the level of the service's logger (debug otherwise).
+func withLogLevel(l slog.Level) harnessOpt { return func(h *harness, _ *Config) { h.logLevel = l } }
+
 func withPM(p string) harnessOpt { return func(h *harness, _ *Config) { h.pmType = p } }
 
 // logBuffer collects the service's log for tests that check it.
@@ -119,6 +123,8 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 		net:    make(chan NetEvent),
 		pmType: "userspace",
 		log:    &logBuffer{},
+
+		logLevel: slog.LevelDebug,
 	}
 	// The tests of the loop's bookkeeping run without a policy; those of
 	// the policies choose one.
@@ -143,7 +149,7 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 		Listeners:      h.lis.listen,
 		PathManager:    h.pathManager,
 		SetPathManager: h.setPathManager,
-		Logger:         slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:         slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: h.logLevel})),
 		Version:        "test",
 	})
 	for _, f := range h.tweak {

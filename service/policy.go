@@ -1,8 +1,10 @@
 package service
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"syscall"
@@ -161,7 +163,7 @@ func (s *Service) endpointAction(a policy.Action) func([]policy.Endpoint) []poli
 		// id: the id is the policy's now.
 		e.ID, e.Origin = id, policy.OriginPolicy
 		s.origins[keyOf(e.Address)] = e.Origin
-		s.log.Info("policy: endpoint added", "id", id, "addr", e.Addr, "flags", e.Flags.String(), "interface", e.Interface)
+		s.log.Info("policy: endpoint added", "id", id, "addr", e.Addr, "flags", e.Flags.String(), "interface", e.Interface, "why", a.Reason)
 		return func(eps []policy.Endpoint) []policy.Endpoint {
 			eps = slices.DeleteFunc(eps, func(x policy.Endpoint) bool { return x.ID == id })
 			return append(eps, e)
@@ -176,7 +178,7 @@ func (s *Service) endpointAction(a policy.Action) func([]policy.Endpoint) []poli
 				s.log.Warn("policy: the kernel refused to remove an endpoint", "action", a.String(), "err", err)
 				return nil
 			}
-			s.log.Info("policy: endpoint removed", "id", e.ID, "addr", e.Addr)
+			s.log.Info("policy: endpoint removed", "id", e.ID, "addr", e.Addr, "why", a.Reason)
 			return func(eps []policy.Endpoint) []policy.Endpoint {
 				return slices.DeleteFunc(eps, func(x policy.Endpoint) bool { return x.ID == e.ID })
 			}
@@ -185,7 +187,7 @@ func (s *Service) endpointAction(a policy.Action) func([]policy.Endpoint) []poli
 			s.log.Warn("policy: the kernel refused endpoint flags", "action", a.String(), "err", err)
 			return nil
 		}
-		s.log.Info("policy: endpoint flags set", "id", e.ID, "addr", e.Addr, "flags", e.Flags.String())
+		s.log.Info("policy: endpoint flags set", "id", e.ID, "addr", e.Addr, "flags", e.Flags.String(), "why", a.Reason)
 		return func(eps []policy.Endpoint) []policy.Endpoint {
 			for i := range eps {
 				if eps[i].ID == e.ID {
@@ -305,7 +307,7 @@ func (s *Service) connAction(c *conn, a policy.Action) {
 			local: local, remote: pm.CanonicalAddrPort(a.Remote), iface: a.Interface, backup: a.Backup, requested: now,
 		})
 		s.armRetry(now.Add(s.pendingTO))
-		s.log.Debug("policy: subflow requested", "token", c.token, "local", local, "remote", a.Remote, "interface", a.Interface)
+		s.logAction(c, a, "policy: subflow requested", "local", local, "remote", a.Remote, "interface", a.Interface, "backup", a.Backup)
 	case policy.DestroySubflow:
 		t := tuple{netip.AddrPortFrom(a.Local, a.LocalPort), a.Remote}
 		err := s.gone(c, s.k.DestroySubflow(c.token, t.local, t.remote))
@@ -315,7 +317,7 @@ func (s *Service) connAction(c *conn, a policy.Action) {
 		case errors.Is(err, pm.ErrNotFound):
 			// The kernel has no such subflow: it closed and its SUB_CLOSED
 			// was missed. Forget it as the event would have.
-			s.log.Debug("policy: the subflow to close is gone already", "token", c.token, "local", t.local, "remote", t.remote)
+			s.log.Debug("policy: the subflow to close is gone already", "token", logToken(c.token), "local", t.local, "remote", t.remote)
 			if i := c.subflowIndex(t.local, t.remote); i >= 0 {
 				sf := c.subflows[i]
 				s.subflow(c, pm.Event{
@@ -326,24 +328,50 @@ func (s *Service) connAction(c *conn, a policy.Action) {
 			}
 			return
 		case err != nil:
-			s.log.Warn("policy: the kernel refused", "action", a.String(), "token", c.token, "err", err)
+			s.log.Warn("policy: the kernel refused", "action", a.String(), "token", logToken(c.token), "err", err)
 			return
 		}
 		c.closing = append(c.closing, t)
-		s.log.Debug("policy: subflow closed", "token", c.token, "local", t.local, "remote", t.remote)
+		s.logAction(c, a, "policy: subflow closed", "local", t.local, "remote", t.remote, "interface", a.Interface)
 	case policy.Announce:
 		if _, err := s.announce(c, a.Local, a.LocalPort, a.ID, a.LocalPort == 0); err != nil {
 			s.refused(c, a, err)
 			return
 		}
-		s.log.Debug("policy: address announced", "token", c.token, "addr", a.Local)
+		s.logAction(c, a, "policy: address announced", "addr", a.Local, "interface", a.Interface)
 	case policy.Withdraw:
 		if err := s.withdraw(c, a.ID); err != nil {
-			s.log.Warn("policy: the kernel refused", "action", a.String(), "token", c.token, "err", err)
+			s.log.Warn("policy: the kernel refused", "action", a.String(), "token", logToken(c.token), "err", err)
+			return
 		}
+		s.logAction(c, a, "policy: announcement withdrawn", "id", a.ID, "addr", a.Local)
 	default:
 		s.log.Error("policy: unexpected connection action", "action", a.String())
 	}
+}
+
+// logAction writes the info record of an action carried out on c, with
+// the connection's token and the policy's reason (WHY=), within the
+// budget of such records (logBudget); at the debug level, every one.
+func (s *Service) logAction(c *conn, a policy.Action, msg string, args ...any) {
+	if !s.log.Enabled(context.Background(), slog.LevelDebug) && !s.actionLog.allow(s.now()) {
+		s.armRetry(s.actionLog.summaryDue())
+		return
+	}
+	s.log.Info(msg, append([]any{"token", logToken(c.token), "why", a.Reason}, args...)...)
+}
+
+// logSummary writes how many action records the budget left out, once
+// their period is over; it returns when it is due otherwise (zero: none).
+func (s *Service) logSummary(now time.Time) time.Time {
+	due := s.actionLog.summaryDue()
+	if due.IsZero() || now.Before(due) {
+		return due
+	}
+	n, since := s.actionLog.take()
+	s.log.Info("policy: path-management records suppressed (too many to log; the debug level logs them all)",
+		"suppressed", n, "since", since.Format(time.RFC3339))
+	return time.Time{}
 }
 
 // refused logs a refused action on c and backs off its local address.
@@ -353,9 +381,9 @@ func (s *Service) refused(c *conn, a policy.Action, err error) {
 		return // the connection closed meanwhile (gone dropped it)
 	case errors.Is(err, syscall.ENOTCONN):
 		// The connection is closing: nothing to warn about.
-		s.log.Debug("policy: the kernel refused", "action", a.String(), "token", c.token, "err", err)
+		s.log.Debug("policy: the kernel refused", "action", a.String(), "token", logToken(c.token), "err", err)
 	default:
-		s.log.Warn("policy: the kernel refused", "action", a.String(), "token", c.token, "err", err)
+		s.log.Warn("policy: the kernel refused", "action", a.String(), "token", logToken(c.token), "err", err)
 	}
 	s.fail(c, a.Local)
 }
@@ -380,7 +408,7 @@ func (s *Service) fail(c *conn, addr netip.Addr) {
 	}
 	f.until, f.waiting = now.Add(d), true
 	s.armRetry(f.until)
-	s.log.Debug("policy: backing off", "token", c.token, "addr", k, "for", d, "failures", f.count)
+	s.log.Debug("policy: backing off", "token", logToken(c.token), "addr", k, "for", d, "failures", f.count)
 }
 
 // armRetry makes the retry timer fire at t at the latest.
@@ -404,6 +432,9 @@ func (s *Service) retryDue() {
 			next = t
 		}
 	}
+	if t := s.logSummary(now); !t.IsZero() {
+		later(t)
+	}
 	for _, c := range s.conns.sorted() {
 		due := false
 		var expired []netip.Addr
@@ -412,7 +443,7 @@ func (s *Service) retryDue() {
 				later(p.requested.Add(s.pendingTO))
 				return false
 			}
-			s.log.Warn("policy: no news of a requested subflow", "token", c.token, "local", p.local, "remote", p.remote)
+			s.log.Warn("policy: no news of a requested subflow", "token", logToken(c.token), "local", p.local, "remote", p.remote)
 			expired = append(expired, p.local)
 			return true
 		})

@@ -556,7 +556,7 @@ func TestPendingAndBackoff(t *testing.T) {
 	if d := time.Since(start); d < 900*time.Millisecond {
 		t.Errorf("two retries after %v: the backoffs are 300 ms and 600 ms", d)
 	}
-	if log := h.log.String(); !strings.Contains(log, "some kernel words") || !strings.Contains(log, "token=1") {
+	if log := h.log.String(); !strings.Contains(log, "some kernel words") || !strings.Contains(log, "token=00000001") {
 		t.Errorf("the refusal is not in the log:\n%s", log)
 	}
 	sameStrings(t, "retries", creates(mark), []string{"10.55.2.1", "10.55.2.1"})

@@ -98,8 +98,9 @@ type Service struct {
 	pol       policy.Policy
 	synced    bool             // the network monitor's first NetSynced came: the addresses are known
 	usable    []policy.Address // the usable local addresses with their flags
-	retry     *time.Timer      // fires at retryAt for backoffs and pending subflows
+	retry     *time.Timer      // fires at retryAt for backoffs, pending subflows and the log summary
 	retryAt   time.Time        // zero when retry is not armed
+	actionLog logBudget        // of the info records of the policy's actions on connections
 	now       func() time.Time
 	backoff   backoff
 	pendingTO time.Duration // a requested subflow not heard of for this long failed
