@@ -280,6 +280,11 @@ func (l *lane) connections(t *testing.T) {
 		}
 		return ""
 	})
+	if !slices.ContainsFunc(l.journal(t, "-u "+unitName+" INTERFACE=sd1", "policy: endpoint added"), func(r map[string]string) bool {
+		return r["ADDR"] == l.cliAddrs[1].String() && r["WHY"] == "usable address on sd1" && r["PRIORITY"] == "6"
+	}) {
+		t.Errorf("no info record of the endpoint added for sd1, with its reason")
+	}
 	srv := l.srv.Listen(l.top, netip.AddrPortFrom(l.srvAddrs[0], 0))
 	for i := 0; i < 3; i++ {
 		cn := l.cli.Dial(l.top, l.cliAddrs[0], srv.Addr)
