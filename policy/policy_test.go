@@ -127,7 +127,7 @@ func TestReasons(t *testing.T) {
 	}
 	fromC1 := Subflow{Local: ap(c1v4, 41000), Remote: srv4, Interface: "c1"}
 	server := Connection{Token: 7, ServerSide: true, Established: true, Local: srv4, Remote: ap(c0v4, 40000),
-		Subflows: []Subflow{{Local: srv4, Remote: ap(c0v4, 40000)}},
+		Subflows:  []Subflow{{Local: srv4, Remote: ap(c0v4, 40000)}},
 		Announced: []PeerAddress{{ID: 3, Addr: netip.MustParseAddr("10.55.9.2")}}}
 	srvAddrs := []Address{{Interface: "s0", Ifindex: 2, Addr: srv4.Addr()}, {Interface: "s1", Ifindex: 3, Addr: netip.MustParseAddr("10.55.1.2")}}
 	gone := ep(9, Address{Interface: "c9", Ifindex: 9, Addr: netip.MustParseAddr("10.55.9.1"), Flags: sub})
