@@ -855,7 +855,9 @@ func TestJournald(t *testing.T) {
 	if running["PRIORITY"] != "6" || running["BUS_NAME"] != dbusapi.BusName || running["POLICY"] != "subflow-per-interface" {
 		t.Errorf("running entry: %v", running)
 	}
-	if _, err := strconv.ParseUint(token["TOKEN"], 10, 32); err != nil || !strings.Contains(token["MESSAGE"], "token="+token["TOKEN"]) {
+	// The token as mptcpctl shows it: eight hex digits.
+	if _, err := strconv.ParseUint(token["TOKEN"], 16, 32); err != nil || len(token["TOKEN"]) != 8 ||
+		!strings.Contains(token["MESSAGE"], "token="+token["TOKEN"]) || token["WHY"] == "" {
 		t.Errorf("entry with a token: %v", token)
 	}
 	if code := d.stop(t); code != 0 {
