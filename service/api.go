@@ -50,6 +50,7 @@ type Manager struct {
 	Endpoints         []policy.Endpoint // sorted by id
 	Limits            Limits
 	LocalAddresses    []LocalAddress
+	ConnectionCount   int // the live connections (Service.Connections lists them)
 }
 
 // Limits are the in-kernel path manager's limits.

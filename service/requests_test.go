@@ -682,3 +682,28 @@ func TestCreateSubflowForeignAddress(t *testing.T) {
 		t.Errorf("own address: %v", err)
 	}
 }
+
+// TestManagerConnectionCount: the manager counts the live connections, for
+// the daemon's STATUS= line, without listing them.
+func TestManagerConnectionCount(t *testing.T) {
+	h := newHarness(t)
+	count := func() int {
+		m, err := h.s.Manager(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.ConnectionCount
+	}
+	if n := count(); n != 0 {
+		t.Errorf("no connection: count %d", n)
+	}
+	h.open(1, "10.55.0.1:40000", "10.55.0.2:80")
+	h.open(2, "10.55.0.1:40001", "10.55.0.2:80")
+	if n := count(); n != 2 {
+		t.Errorf("two connections: count %d", n)
+	}
+	h.send(h.k.CloseConnection(1)...)
+	if n := count(); n != 1 {
+		t.Errorf("one closed: count %d", n)
+	}
+}

@@ -383,6 +383,7 @@ func (s *Service) manager() Manager {
 		Endpoints:         slices.Clone(s.endpoints),
 		Limits:            s.limits,
 		LocalAddresses:    slices.Clone(s.local),
+		ConnectionCount:   len(s.conns.byToken),
 	}
 	if s.ctl != nil {
 		m.ControlMode = ModeController

@@ -180,6 +180,7 @@ type pmd struct {
 	client *pmnl.Client
 	events *pmnl.EventListener
 	diag   *diag.Client
+	pmType *pm.PathManagerReader // net.mptcp.path_manager, kept open: read at every CREATED
 	mon    *netmon.Monitor
 	conn   *dbus.Conn
 	svc    *service.Service
@@ -211,6 +212,9 @@ func (d *pmd) open(ctx context.Context) error {
 	if d.diag, err = diag.Dial(nil); err != nil {
 		return fmt.Errorf("sock_diag: %w", err)
 	}
+	if d.pmType, err = pm.OpenPathManagerReader(); err != nil {
+		return err
+	}
 	if d.mon, err = netmon.Start(ctx, netmon.Options{}); err != nil {
 		return fmt.Errorf("network monitor: %w", err)
 	}
@@ -219,11 +223,12 @@ func (d *pmd) open(ctx context.Context) error {
 	}
 	var pub publisher
 	deps := service.Deps{
-		Kernel:    d.client,
-		Lister:    diagLister{d.diag},
-		Publisher: &pub,
-		Logger:    d.log,
-		Version:   version,
+		Kernel:      d.client,
+		Lister:      diagLister{d.diag},
+		Publisher:   &pub,
+		Logger:      d.log,
+		PathManager: d.pmType.Read,
+		Version:     version,
 	}
 	if rec := d.openRecord(); rec != nil {
 		deps.Record = rec
@@ -303,6 +308,9 @@ func (d *pmd) close() {
 	}
 	if d.diag != nil {
 		d.diag.Close()
+	}
+	if d.pmType != nil {
+		d.pmType.Close()
 	}
 	if d.events != nil {
 		d.events.Close()

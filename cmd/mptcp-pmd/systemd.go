@@ -68,7 +68,6 @@ func notifyFailure(err error) { daemon.SdNotify(false, "STATUS=Failed: "+err.Err
 // loop; *service.Service implements it.
 type stateReader interface {
 	Manager(ctx context.Context) (service.Manager, error)
-	Connections(ctx context.Context) ([]service.Connection, error)
 }
 
 // statusOf asks the service loop for its state (a round trip through the
@@ -79,15 +78,11 @@ func statusOf(ctx context.Context, r stateReader) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	conns, err := r.Connections(ctx)
-	if err != nil {
-		return "", err
-	}
 	noun := "connections"
-	if len(conns) == 1 {
+	if m.ConnectionCount == 1 {
 		noun = "connection"
 	}
-	s := fmt.Sprintf("Watching %d %s, policy %s, control %s", len(conns), noun, m.Policy, m.ControlMode)
+	s := fmt.Sprintf("Watching %d %s, policy %s, control %s", m.ConnectionCount, noun, m.Policy, m.ControlMode)
 	if m.Controller != "" {
 		s += " by " + m.Controller
 	}

@@ -239,18 +239,11 @@ func (f *fakeLoop) Manager(ctx context.Context) (service.Manager, error) {
 	if err := f.wait(ctx); err != nil {
 		return service.Manager{}, err
 	}
-	m := service.Manager{Policy: "fullmesh", ControlMode: service.ModeBuiltin}
+	m := service.Manager{Policy: "fullmesh", ControlMode: service.ModeBuiltin, ConnectionCount: int(f.conns.Load())}
 	if f.ctl.Load() {
 		m.ControlMode, m.Controller = service.ModeController, ":1.42"
 	}
 	return m, nil
-}
-
-func (f *fakeLoop) Connections(ctx context.Context) ([]service.Connection, error) {
-	if err := f.wait(ctx); err != nil {
-		return nil, err
-	}
-	return make([]service.Connection, f.conns.Load()), nil
 }
 
 func TestStatusOf(t *testing.T) {

@@ -233,11 +233,20 @@ func TestKernelLimits(t *testing.T) {
 
 func TestKernelSysctl(t *testing.T) {
 	h := pmtest.NewNamespace(t)
-	for _, want := range []string{"userspace", "kernel"} {
+	// The reader opened in the namespace reads it from any thread.
+	var r *pm.PathManagerReader
+	if err := h.Do(func() (err error) { r, err = pm.OpenPathManagerReader(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for _, want := range []string{"userspace", "kernel", "userspace"} {
 		h.SetPathManager(t, want)
 		var got string
 		if err := h.Do(func() (err error) { got, err = pm.PathManagerType(); return err }); err != nil || got != want {
 			t.Errorf("PathManagerType = %q, %v; want %q", got, err, want)
+		}
+		if got, err := r.Read(); err != nil || got != want {
+			t.Errorf("PathManagerReader.Read outside the namespace = %q, %v; want %q", got, err, want)
 		}
 	}
 	for _, want := range []bool{false, true} {
@@ -421,4 +430,31 @@ func TestKernelNeedsCapability(t *testing.T) {
 	if limitsErr != nil {
 		t.Errorf("Limits without CAP_NET_ADMIN: %v, want it to work", limitsErr)
 	}
+}
+
+// BenchmarkPathManagerRead compares reading the path manager the way the
+// daemon did at every CREATED (PathManagerType: open, read, close) with
+// the kept-open reader (one pread).
+func BenchmarkPathManagerRead(b *testing.B) {
+	r, err := pm.OpenPathManagerReader()
+	if err != nil {
+		b.Skip(err)
+	}
+	defer r.Close()
+	b.Run("PathManagerType", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := pm.PathManagerType(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("PathManagerReader", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := r.Read(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

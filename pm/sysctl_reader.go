@@ -1,0 +1,62 @@
+package pm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"sync"
+)
+
+// PathManagerReader reads the path manager like PathManagerType, from the
+// sysctl file it opened once: each Read is one pread(2), where
+// PathManagerType opens, reads and closes the file. The file shows the
+// network namespace of the thread that opened it, whichever thread reads.
+// It is safe for concurrent use.
+type PathManagerReader struct {
+	mu     sync.Mutex
+	f      *os.File
+	legacy bool     // f is net.mptcp.pm_type (0 or 1), not net.mptcp.path_manager
+	buf    [64]byte // the value read
+}
+
+// OpenPathManagerReader opens net.mptcp.path_manager, or on kernels
+// without it net.mptcp.pm_type, of the calling thread's network namespace.
+func OpenPathManagerReader() (*PathManagerReader, error) {
+	f, err := os.Open(sysctlPathManager)
+	legacy := false
+	if errors.Is(err, fs.ErrNotExist) {
+		f, err = os.Open(sysctlPMType)
+		legacy = true
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pm: path manager type: %w", err)
+	}
+	return &PathManagerReader{f: f, legacy: legacy}, nil
+}
+
+// Read returns the path manager new MPTCP connections get now: "kernel",
+// "userspace", or the name a newer kernel gives another one.
+func (r *PathManagerReader) Read() (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n, err := r.f.ReadAt(r.buf[:], 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("pm: path manager type: %w", err)
+	}
+	v := bytes.TrimSpace(r.buf[:n])
+	switch {
+	case r.legacy && string(v) == "0", !r.legacy && string(v) == "kernel":
+		return "kernel", nil
+	case r.legacy && string(v) == "1", !r.legacy && string(v) == "userspace":
+		return "userspace", nil
+	case r.legacy || len(v) == 0:
+		return "", fmt.Errorf("pm: read %s: unknown value %q: %w", r.f.Name(), v, ErrInvalid)
+	}
+	return string(v), nil
+}
+
+// Close closes the file.
+func (r *PathManagerReader) Close() error { return r.f.Close() }
