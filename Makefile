@@ -7,7 +7,7 @@ PKGS    := ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-short test-systemd lint bench bench-restart soak fuzz demo clean install uninstall
+.PHONY: all build test test-short test-systemd lint bench bench-lab bench-restart soak fuzz demo clean install uninstall
 
 all: build
 
@@ -36,6 +36,15 @@ lint:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 $(PKGS)
+
+# Lab scenario: how soon a new connection gets its extra subflows under the
+# kernel's in-kernel path manager, mptcp-pmd's policies and a minimal Go
+# userspace path manager (the floor), interleaved connection by connection
+# in one run; prints a table of medians, p99 and ratios (about a minute;
+# root, MPTCP and dbus-daemon). LAB_CONNS connections per mode.
+LAB_CONNS ?= 200
+bench-lab: build
+	LAB_CONNS=$(LAB_CONNS) $(GO) test -run '^$$' -bench '^BenchmarkLab$$' -benchtime 1x -count=1 -v ./cmd/mptcp-pmd
 
 # Lab scenario: the daemon's start-up with 0, 1000 and 10000 live
 # connections to adopt, and its repair after lost events with 10000 (a few

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
+)
+
+// labMode is one way of managing paths in BenchmarkLab, on a lab of its
+// own: a client namespace with three paths to its server.
+type labMode struct {
+	name   string
+	lab    *pmtest.Lab
+	kev    *kernelLog // the client's events, from a listener of the benchmark's own
+	server netip.AddrPort
+	first  []time.Duration // ESTABLISHED -> the first extra SUB_ESTABLISHED
+	both   []time.Duration // ESTABLISHED -> the second
+}
+
+// BenchmarkLab measures how soon a new connection gets its extra subflows
+// under each way of managing paths, interleaved connection by connection
+// in one run, so that every mode sees the same machine: the kernel's
+// in-kernel path manager with subflow endpoints made by hand ("kernel"),
+// mptcp-pmd's endpoints, subflow-per-interface and fullmesh policies, and
+// the floor of any userspace path manager ("floor": one goroutine that
+// reads the events and sends SUBFLOW_CREATE, no D-Bus, no state). Each
+// mode has a lab of its own (three paths); the client sends its first
+// bytes right after connect(), as real clients do. Every connection gets
+// two extra subflows, from the client's second and third path.
+//
+// It reports, per mode, the median and 99th percentile from the client's
+// ESTABLISHED to the first and to both extra SUB_ESTABLISHED, in µs, and
+// as ratios to the floor and to the kernel. LAB_CONNS sets the
+// connections per mode (default 200). Run it with make bench-lab.
+func BenchmarkLab(b *testing.B) {
+	conns := 200
+	if v, err := strconv.Atoi(os.Getenv("LAB_CONNS")); err == nil && v > 0 {
+		conns = v
+	}
+	const pace = 2 * time.Millisecond
+
+	newMode := func(name, clientPM string) *labMode {
+		lab := pmtest.NewLab(b, pmtest.LabOptions{Paths: 3, ClientPM: clientPM})
+		m := &labMode{name: name, lab: lab, kev: listenKernel(b, lab.Client)}
+		m.server = lab.Server.Serve(b, netip.AddrPortFrom(lab.Server.Addrs4[0], 0))
+		return m
+	}
+	kernel := newMode("kernel", "kernel")
+	for i, a := range kernel.lab.Client.Addrs4 {
+		kernel.lab.Client.Run(b, "ip", "mptcp", "endpoint", "add", a.String(), "dev", kernel.lab.Client.Ifaces[i], "subflow")
+	}
+	modes := []*labMode{kernel}
+	for _, p := range []struct{ policy, pm string }{
+		{"endpoints", "kernel"}, {"subflow-per-interface", "userspace"}, {"fullmesh", "userspace"},
+	} {
+		m := newMode(p.policy, p.pm)
+		bus := dbustest.StartBus(b, dbustest.SystemDefaults())
+		startDaemon(b, m.lab.Client, bus, "--policy", p.policy, "--log-level", "warn")
+		modes = append(modes, m)
+	}
+	floor := newMode("floor", "userspace")
+	startFloor(b, floor.lab.Client, floor.server)
+	modes = append(modes, floor)
+	// The daemon's endpoints are in place before the first connection.
+	for _, m := range modes {
+		if m.name == "endpoints" {
+			deadline := time.Now().Add(10 * time.Second)
+			for !strings.Contains(m.lab.Client.Run(b, "ip", "mptcp", "endpoint", "show"), m.lab.Client.Addrs4[2].String()) {
+				if time.Now().After(deadline) {
+					b.Fatal("the daemon made no endpoints")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
+
+	for b.Loop() {
+		for i := range conns {
+			// Each mode in turn, starting with another one each time.
+			for j := range modes {
+				m := modes[(i+j)%len(modes)]
+				first, both := m.connect(b, i)
+				m.first, m.both = append(m.first, first), append(m.both, both)
+				time.Sleep(pace)
+			}
+		}
+	}
+
+	q := func(d []time.Duration, p float64) float64 {
+		s := slices.Clone(d)
+		slices.Sort(s)
+		return us(s[min(int(p*float64(len(s))), len(s)-1)])
+	}
+	var table strings.Builder
+	fmt.Fprintf(&table, "%d connections per mode; µs from ESTABLISHED, and ratios to the floor and the kernel\n", conns)
+	fmt.Fprintf(&table, "%-22s %9s %9s %9s %9s  %s\n", "mode", "1st p50", "1st p99", "both p50", "both p99",
+		"p50 ratios: 1st/floor both/floor 1st/kernel both/kernel")
+	for _, m := range modes {
+		f50, f99, b50, b99 := q(m.first, .5), q(m.first, .99), q(m.both, .5), q(m.both, .99)
+		fmt.Fprintf(&table, "%-22s %9.0f %9.0f %9.0f %9.0f  %9.2f %10.2f %10.2f %11.2f\n", m.name, f50, f99, b50, b99,
+			f50/q(floor.first, .5), b50/q(floor.both, .5), f50/q(kernel.first, .5), b50/q(kernel.both, .5))
+		b.ReportMetric(f50, m.name+"-first-p50-µs")
+		b.ReportMetric(b50, m.name+"-both-p50-µs")
+	}
+	b.Log("\n" + table.String())
+}
+
+// connect opens a connection in the mode's lab, waits for its two extra
+// subflows and returns how long after ESTABLISHED the first and the second
+// came.
+func (m *labMode) connect(b *testing.B, i int) (first, both time.Duration) {
+	cli := m.lab.Client
+	c := dialQuiet(b, cli, m.server)
+	defer c.Close()
+	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	what := fmt.Sprintf("%s, connection %d", m.name, i)
+	est := m.kev.wait(b, what+": ESTABLISHED", func(ev pm.Event) bool {
+		return ev.Type == pm.EventEstablished && ev.LocalPort == local.Port() && ev.LocalAddr == local.Addr()
+	})
+	seen := map[netip.Addr]bool{}
+	var at []time.Time
+	for len(at) < 2 {
+		sub := m.kev.wait(b, what+": SUB_ESTABLISHED", func(ev pm.Event) bool {
+			return ev.Type == pm.EventSubEstablished && ev.Token == est.Token && !seen[ev.LocalAddr]
+		})
+		if sub.LocalAddr != cli.Addrs4[1] && sub.LocalAddr != cli.Addrs4[2] {
+			b.Fatalf("%s: a subflow from %s", what, sub.LocalAddr)
+		}
+		seen[sub.LocalAddr] = true
+		at = append(at, sub.At)
+	}
+	slices.SortFunc(at, func(x, y time.Time) int { return x.Compare(y) })
+	return at[0].Sub(est.At), at[1].Sub(est.At)
+}
+
+// startFloor runs the floor of any userspace path manager in h until the
+// benchmark ends: one goroutine on one thread that reads the path-manager
+// events and, on each ESTABLISHED, sends SUBFLOW_CREATE from h's second and
+// third path to server. No D-Bus, no state.
+func startFloor(b *testing.B, h *pmtest.Host, server netip.AddrPort) {
+	l, err := pmnl.ListenEvents(&pmnl.Config{NetNS: h.NSFD()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	k, err := pmnl.Dial(&pmnl.Config{NetNS: h.NSFD()})
+	if err != nil {
+		l.Close()
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	b.Cleanup(func() {
+		cancel()
+		l.Close()
+		<-done
+		k.Close()
+	})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		buf := make([]pm.Event, 0, 64)
+		for ctx.Err() == nil {
+			evs, err := l.Receive(buf)
+			for _, ev := range evs {
+				if ev.Type != pm.EventEstablished {
+					continue
+				}
+				for id := uint8(1); id <= 2; id++ {
+					// A refusal shows as a missing subflow, which the
+					// benchmark reports.
+					k.CreateSubflow(ev.Token, pm.Address{ID: id, Addr: h.Addrs4[id]}, server)
+				}
+			}
+			switch {
+			case err == nil, errors.Is(err, pm.ErrInvalid), errors.Is(err, pmnl.ErrOverflow):
+			default: // closed
+				return
+			}
+			buf = evs[:0]
+		}
+	}()
+}
