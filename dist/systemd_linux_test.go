@@ -458,14 +458,21 @@ func (l *lane) watchdog(t *testing.T) {
 		" && systemctl daemon-reload && systemctl restart "+unitName)
 	l.restarts = l.propInt(t, "NRestarts") // restart resets nothing, but a manual one does not count
 	var pings []int
-	for i := 0; i < 6; i++ {
-		time.Sleep(time.Second)
+	// Pings every 2 s: over 7 s, at least three, never 4 s apart (a
+	// missed one would be a watchdog kill).
+	for i := 0; i < 14; i++ {
+		time.Sleep(500 * time.Millisecond)
 		if p := l.propInt(t, "WatchdogTimestampMonotonic"); len(pings) == 0 || p != pings[len(pings)-1] {
 			pings = append(pings, p)
 		}
 	}
 	if len(pings) < 3 {
-		t.Errorf("WatchdogTimestamp took %d values in 6 s with WatchdogSec=4s: the daemon does not ping every 2 s", len(pings))
+		t.Errorf("WatchdogTimestamp took %d values in 7 s with WatchdogSec=4s: the daemon does not ping every 2 s", len(pings))
+	}
+	for i := 1; i < len(pings); i++ {
+		if d := time.Duration(pings[i]-pings[i-1]) * time.Microsecond; d > 3*time.Second {
+			t.Errorf("watchdog pings %v apart with WatchdogSec=4s", d)
+		}
 	}
 	pid := l.prop(t, "MainPID")
 	t0 := l.now(t)
