@@ -39,9 +39,11 @@ bench:
 
 # Lab scenario: how soon a new connection gets its extra subflows under the
 # kernel's in-kernel path manager, mptcp-pmd's policies and a minimal Go
-# userspace path manager (the floor), interleaved connection by connection
-# in one run; prints a table of medians, p99 and ratios (about a minute;
-# root, MPTCP and dbus-daemon). LAB_CONNS connections per mode.
+# userspace path manager (the floor), and Debian's mptcpd where installed
+# (apt-get install mptcpd mptcpd-plugins), interleaved connection by
+# connection in one run; prints a table of medians, p99 and ratios, and the
+# daemons' CPU time per kernel event (about 10 s per 200 connections; root,
+# MPTCP and dbus-daemon). LAB_CONNS connections per mode.
 LAB_CONNS ?= 200
 bench-lab: build
 	LAB_CONNS=$(LAB_CONNS) $(GO) test -run '^$$' -bench '^BenchmarkLab$$' -benchtime 1x -count=1 -v ./cmd/mptcp-pmd

@@ -7,10 +7,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,6 +32,9 @@ type labMode struct {
 	server netip.AddrPort
 	first  []time.Duration // ESTABLISHED -> the first extra SUB_ESTABLISHED
 	both   []time.Duration // ESTABLISHED -> the second
+	pid    int             // the path manager's process, 0 for none
+	cpu    time.Duration   // its CPU time over the run
+	events int             // the kernel's events in the namespace over the run
 }
 
 // BenchmarkLab measures how soon a new connection gets its extra subflows
@@ -37,14 +43,18 @@ type labMode struct {
 // in-kernel path manager with subflow endpoints made by hand ("kernel"),
 // mptcp-pmd's endpoints, subflow-per-interface and fullmesh policies, and
 // the floor of any userspace path manager ("floor": one goroutine that
-// reads the events and sends SUBFLOW_CREATE, no D-Bus, no state). Each
+// reads the events and sends SUBFLOW_CREATE, no D-Bus, no state), and,
+// where Debian's mptcpd and mptcpd-plugins are installed, mptcpd with its
+// addr_adv plugin (endpoints, like mptcp-pmd's endpoints policy). Each
 // mode has a lab of its own (three paths); the client sends its first
 // bytes right after connect(), as real clients do. Every connection gets
 // two extra subflows, from the client's second and third path.
 //
 // It reports, per mode, the median and 99th percentile from the client's
 // ESTABLISHED to the first and to both extra SUB_ESTABLISHED, in µs, and
-// as ratios to the floor and to the kernel. LAB_CONNS sets the
+// as ratios to the floor and to the kernel; and for the daemons, their CPU
+// time per kernel event of their namespace (all their threads' run time,
+// from /proc), also as a ratio to mptcpd's. LAB_CONNS sets the
 // connections per mode (default 200). Run it with make bench-lab.
 func BenchmarkLab(b *testing.B) {
 	conns := 200
@@ -69,15 +79,23 @@ func BenchmarkLab(b *testing.B) {
 	} {
 		m := newMode(p.policy, p.pm)
 		bus := dbustest.StartBus(b, dbustest.SystemDefaults())
-		startDaemon(b, m.lab.Client, bus, "--policy", p.policy, "--log-level", "warn")
+		m.pid = startDaemon(b, m.lab.Client, bus, "--policy", p.policy, "--log-level", "warn").pid()
 		modes = append(modes, m)
+	}
+	var mptcpd *labMode
+	if _, err := os.Stat(mptcpdPluginDir + "/addr_adv.so"); err == nil {
+		mptcpd = newMode("mptcpd addr_adv", "kernel")
+		mptcpd.pid = startMptcpd(b, mptcpd.lab.Client)
+		modes = append(modes, mptcpd)
+	} else {
+		b.Logf("no mptcpd mode: %v (apt-get install mptcpd mptcpd-plugins)", err)
 	}
 	floor := newMode("floor", "userspace")
 	startFloor(b, floor.lab.Client, floor.server)
 	modes = append(modes, floor)
-	// The daemon's endpoints are in place before the first connection.
+	// The daemons' endpoints are in place before the first connection.
 	for _, m := range modes {
-		if m.name == "endpoints" {
+		if m.name == "endpoints" || m == mptcpd {
 			deadline := time.Now().Add(10 * time.Second)
 			for !strings.Contains(m.lab.Client.Run(b, "ip", "mptcp", "endpoint", "show"), m.lab.Client.Addrs4[2].String()) {
 				if time.Now().After(deadline) {
@@ -88,6 +106,9 @@ func BenchmarkLab(b *testing.B) {
 		}
 	}
 
+	for _, m := range modes {
+		m.cpu, m.events = -cpuTime(b, m.pid), -len(m.kev.events())
+	}
 	for b.Loop() {
 		for i := range conns {
 			// Each mode in turn, starting with another one each time.
@@ -100,6 +121,9 @@ func BenchmarkLab(b *testing.B) {
 		}
 	}
 
+	for _, m := range modes {
+		m.cpu, m.events = m.cpu+cpuTime(b, m.pid), m.events+len(m.kev.events())
+	}
 	q := func(d []time.Duration, p float64) float64 {
 		s := slices.Clone(d)
 		slices.Sort(s)
@@ -113,8 +137,22 @@ func BenchmarkLab(b *testing.B) {
 		f50, f99, b50, b99 := q(m.first, .5), q(m.first, .99), q(m.both, .5), q(m.both, .99)
 		fmt.Fprintf(&table, "%-22s %9.0f %9.0f %9.0f %9.0f  %9.2f %10.2f %10.2f %11.2f\n", m.name, f50, f99, b50, b99,
 			f50/q(floor.first, .5), b50/q(floor.both, .5), f50/q(kernel.first, .5), b50/q(kernel.both, .5))
-		b.ReportMetric(f50, m.name+"-first-p50-µs")
-		b.ReportMetric(b50, m.name+"-both-p50-µs")
+		unit := strings.ReplaceAll(m.name, " ", "-")
+		b.ReportMetric(f50, unit+"-first-p50-µs")
+		b.ReportMetric(b50, unit+"-both-p50-µs")
+	}
+	fmt.Fprintf(&table, "\n%-22s %9s %12s %14s\n", "daemon", "events", "CPU/event µs", "ratio to mptcpd")
+	for _, m := range modes {
+		if m.pid == 0 {
+			continue
+		}
+		per := us(m.cpu) / float64(m.events)
+		ratio := "-"
+		if mptcpd != nil {
+			ratio = fmt.Sprintf("%.2f", per/(us(mptcpd.cpu)/float64(mptcpd.events)))
+		}
+		fmt.Fprintf(&table, "%-22s %9d %12.1f %14s\n", m.name, m.events, per, ratio)
+		b.ReportMetric(per, strings.ReplaceAll(m.name, " ", "-")+"-cpu-per-event-µs")
 	}
 	b.Log("\n" + table.String())
 }
@@ -193,4 +231,52 @@ func startFloor(b *testing.B, h *pmtest.Host, server netip.AddrPort) {
 			buf = evs[:0]
 		}
 	}()
+}
+
+// mptcpdPluginDir is where Debian's mptcpd-plugins puts mptcpd's plugins.
+const mptcpdPluginDir = "/usr/lib/x86_64-linux-gnu/mptcpd"
+
+// startMptcpd runs Debian's mptcpd with the addr_adv plugin (a subflow
+// endpoint per local address) in h until the benchmark ends, and returns
+// its process id.
+func startMptcpd(b *testing.B, h *pmtest.Host) int {
+	cmd := exec.Command("ip", "netns", "exec", h.Name, "/usr/libexec/mptcpd", "--plugin-dir="+mptcpdPluginDir,
+		"--path-manager=addr_adv", "--load-plugins=addr_adv", "--addr-flags=subflow",
+		"--notify-flags=existing,skip_link_local,skip_loopback", "--log=stderr")
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("mptcpd: %v", err)
+	}
+	b.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		if b.Failed() {
+			b.Logf("mptcpd:\n%s", out.String())
+		}
+	})
+	return cmd.Process.Pid
+}
+
+// cpuTime returns the CPU time process pid has used so far, all its
+// threads together (/proc/PID/task/*/schedstat), or 0 for pid 0.
+func cpuTime(b *testing.B, pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	if err != nil || len(files) == 0 {
+		b.Fatalf("CPU time of %d: %v", pid, err)
+	}
+	var total time.Duration
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue // the thread ended
+		}
+		var ns int64
+		fmt.Sscan(string(data), &ns)
+		total += time.Duration(ns)
+	}
+	return total
 }
