@@ -314,6 +314,13 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// subflowSignals names the signal of each kind of subflow event.
+var subflowSignals = map[service.SubflowKind]string{
+	service.SubflowEstablished:     "SubflowEstablished",
+	service.SubflowClosed:          "SubflowClosed",
+	service.SubflowPriorityChanged: "SubflowPriorityChanged",
+}
+
 // Publish turns a service notification into the mirror's new state and
 // queues the matching signals, in the order of the notifications, for the
 // emitter to send. It never waits for the bus. It satisfies
@@ -364,11 +371,7 @@ func (s *Server) Publish(n service.Notification) {
 				ConnectionPath(n.Connection.ID), connectionInterfaces())
 		}
 	case service.SubflowEvent:
-		name := map[service.SubflowKind]string{
-			service.SubflowEstablished:     "SubflowEstablished",
-			service.SubflowClosed:          "SubflowClosed",
-			service.SubflowPriorityChanged: "SubflowPriorityChanged",
-		}[n.Kind]
+		name := subflowSignals[n.Kind]
 		if name == "" {
 			s.log.Warn("dbusapi: unknown subflow event kind", "kind", n.Kind)
 			return
