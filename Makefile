@@ -43,10 +43,14 @@ bench:
 # (apt-get install mptcpd mptcpd-plugins), interleaved connection by
 # connection in one run; prints a table of medians, p99 and ratios, and the
 # daemons' CPU time per kernel event (about 10 s per 200 connections; root,
-# MPTCP and dbus-daemon). LAB_CONNS connections per mode.
-LAB_CONNS ?= 200
+# MPTCP and dbus-daemon). LAB_CONNS connections per mode. Then a burst of
+# BURST_CONNS connections opened at once (subflow-per-interface): until
+# every one has its subflows, and the daemon's memory per connection.
+LAB_CONNS   ?= 200
+BURST_CONNS ?= 10000
 bench-lab: build
-	LAB_CONNS=$(LAB_CONNS) $(GO) test -run '^$$' -bench '^BenchmarkLab$$' -benchtime 1x -count=1 -v ./cmd/mptcp-pmd
+	LAB_CONNS=$(LAB_CONNS) BURST_CONNS=$(BURST_CONNS) $(GO) test -run '^$$' -bench '^Benchmark(Lab|Burst)$$' \
+		-benchtime 1x -count=1 -v ./cmd/mptcp-pmd
 
 # Lab scenario: the daemon's start-up with 0, 1000 and 10000 live
 # connections to adopt, and its repair after lost events with 10000 (a few

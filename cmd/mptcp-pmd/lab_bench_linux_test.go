@@ -19,6 +19,7 @@ import (
 
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/diag"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
 )
@@ -279,4 +280,104 @@ func cpuTime(b *testing.B, pid int) time.Duration {
 		total += time.Duration(ns)
 	}
 	return total
+}
+
+// BenchmarkBurst opens BURST_CONNS connections (default 10,000) as fast as
+// 16 dialers can, under the subflow-per-interface policy with three paths,
+// and waits until every one has its two extra subflows (as sock_diag
+// lists them), or 60 s. It reports how long the opening took, how long
+// until the last connection had its subflows, how many never got them,
+// how often the daemon lost kernel events (its event socket overflowed,
+// and it repaired from sock_diag), and the daemon's anonymous memory per
+// live connection and above idle once they closed and it returned its
+// unused heap. Run it with make bench-lab.
+func BenchmarkBurst(b *testing.B) {
+	n := 10000
+	if v, err := strconv.Atoi(os.Getenv("BURST_CONNS")); err == nil && v > 0 {
+		n = v
+	}
+	const dialers = 16
+	lab := pmtest.NewLab(b, pmtest.LabOptions{Paths: 3, ClientPM: "userspace"})
+	bus := dbustest.StartBus(b, dbustest.SystemDefaults())
+	d := launchDaemon(b, lab.Client, bus, daemonSpec{
+		Args: []string{"--policy", "subflow-per-interface", "--log-level", "warn"},
+		Env:  []string{"GODEBUG=madvdontneed=1"},
+	})
+	// The server is a process of its own: this one's open-file limit holds
+	// the client ends only.
+	server := lab.Server.StartServer(b, netip.AddrPortFrom(lab.Server.Addrs4[0], 0))
+	time.Sleep(time.Second) // the start's allocations settle
+	_, _, idleAnon := procMem(b, d.pid())
+	complete := func() (done int) {
+		var snap *diag.Snapshot
+		if err := lab.Client.Do(func() error {
+			dc, err := diag.Dial(nil)
+			if err != nil {
+				return err
+			}
+			defer dc.Close()
+			snap, err = dc.Snapshot()
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+		for _, c := range snap.Conns {
+			if c.Remote == server && len(c.Subflows) == 3 {
+				done++
+			}
+		}
+		return done
+	}
+
+	for b.Loop() {
+		t0 := time.Now()
+		conns := make([]net.Conn, n)
+		errs := make(chan error, dialers)
+		for w := range dialers {
+			go func() {
+				for i := w; i < n; i += dialers {
+					c, err := lab.Client.DialErr(netip.Addr{}, server)
+					if err == nil {
+						_, err = c.Write([]byte("x"))
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+					conns[i] = c
+				}
+				errs <- nil
+			}()
+		}
+		for range dialers {
+			if err := <-errs; err != nil {
+				b.Fatalf("dial: %v", err)
+			}
+		}
+		opened := time.Since(t0)
+		deadline := t0.Add(60 * time.Second)
+		done := complete()
+		for done < n && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+			done = complete()
+		}
+		all := time.Since(t0)
+		_, _, openAnon := procMem(b, d.pid())
+		for _, c := range conns {
+			c.(*net.TCPConn).SetLinger(0) // reset: the server holds its ends open
+			c.Close()
+		}
+		time.Sleep(trimInterval + 2*time.Second) // the daemon returns unused heap every trimInterval
+		_, _, closedAnon := procMem(b, d.pid())
+		lost := strings.Count(d.log.String(), "kernel events were lost")
+		b.Logf("%d connections opened in %v; %d with both extra subflows after %v, %d without; "+
+			"event losses %d; anonymous memory %.0f kB idle, %.0f B per live connection, %.0f kB above idle after they closed",
+			n, opened.Round(time.Millisecond), done, all.Round(time.Millisecond), n-done, lost,
+			idleAnon, (openAnon-idleAnon)*1024/float64(n), closedAnon-idleAnon)
+		b.ReportMetric(opened.Seconds(), "open-s")
+		b.ReportMetric(all.Seconds(), "complete-s")
+		b.ReportMetric(float64(n-done), "incomplete")
+		b.ReportMetric((openAnon-idleAnon)*1024/float64(n), "anon-B/conn")
+		b.ReportMetric(closedAnon-idleAnon, "anon-after-kB")
+	}
 }
