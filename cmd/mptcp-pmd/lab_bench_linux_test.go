@@ -289,8 +289,8 @@ func cpuTime(b *testing.B, pid int) time.Duration {
 // until the last connection had its subflows, how many never got them,
 // how often the daemon lost kernel events (its event socket overflowed,
 // and it repaired from sock_diag), and the daemon's anonymous memory per
-// live connection and above idle once they closed and it returned its
-// unused heap. Run it with make bench-lab.
+// live connection (right after the burst, and once the daemon returned its
+// unused heap) and above idle after they closed (12 s and a minute). Run it with make bench-lab.
 func BenchmarkBurst(b *testing.B) {
 	n := 10000
 	if v, err := strconv.Atoi(os.Getenv("BURST_CONNS")); err == nil && v > 0 {
@@ -308,7 +308,9 @@ func BenchmarkBurst(b *testing.B) {
 	server := lab.Server.StartServer(b, netip.AddrPortFrom(lab.Server.Addrs4[0], 0))
 	time.Sleep(time.Second) // the start's allocations settle
 	_, _, idleAnon := procMem(b, d.pid())
-	complete := func() (done int) {
+	// complete counts the connections to the server, and those with both
+	// extra subflows.
+	complete := func() (done, total int) {
 		var snap *diag.Snapshot
 		if err := lab.Client.Do(func() error {
 			dc, err := diag.Dial(nil)
@@ -322,11 +324,14 @@ func BenchmarkBurst(b *testing.B) {
 			b.Fatal(err)
 		}
 		for _, c := range snap.Conns {
-			if c.Remote == server && len(c.Subflows) == 3 {
-				done++
+			if c.Remote == server {
+				total++
+				if len(c.Subflows) == 3 {
+					done++
+				}
 			}
 		}
-		return done
+		return done, total
 	}
 
 	for b.Loop() {
@@ -356,12 +361,14 @@ func BenchmarkBurst(b *testing.B) {
 		}
 		opened := time.Since(t0)
 		deadline := t0.Add(60 * time.Second)
-		done := complete()
+		done, _ := complete()
 		for done < n && time.Now().Before(deadline) {
 			time.Sleep(200 * time.Millisecond)
-			done = complete()
+			done, _ = complete()
 		}
 		all := time.Since(t0)
+		_, _, burstAnon := procMem(b, d.pid())
+		time.Sleep(trimInterval + 2*time.Second) // what stays once the daemon returned its unused heap
 		_, _, openAnon := procMem(b, d.pid())
 		for _, c := range conns {
 			c.(*net.TCPConn).SetLinger(0) // reset: the server holds its ends open
@@ -369,15 +376,22 @@ func BenchmarkBurst(b *testing.B) {
 		}
 		time.Sleep(trimInterval + 2*time.Second) // the daemon returns unused heap every trimInterval
 		_, _, closedAnon := procMem(b, d.pid())
+		_, kernelConns := complete()
+		objects := len(d.managedObjects(b))
+		time.Sleep(time.Minute - trimInterval - 2*time.Second)
+		_, _, minuteAnon := procMem(b, d.pid())
+		b.Logf("after the close: %d objects, %d connections in the kernel", objects, kernelConns)
 		lost := strings.Count(d.log.String(), "kernel events were lost")
-		b.Logf("%d connections opened in %v; %d with both extra subflows after %v, %d without; "+
-			"event losses %d; anonymous memory %.0f kB idle, %.0f B per live connection, %.0f kB above idle after they closed",
+		b.Logf("%d connections opened in %v; %d with both extra subflows after %v, %d without; event losses %d; "+
+			"anonymous memory: %.0f kB idle; per live connection %.0f B right after the burst, %.0f B settled; "+
+			"above idle after they closed: %.0f kB after %v, %.0f kB after a minute",
 			n, opened.Round(time.Millisecond), done, all.Round(time.Millisecond), n-done, lost,
-			idleAnon, (openAnon-idleAnon)*1024/float64(n), closedAnon-idleAnon)
+			idleAnon, (burstAnon-idleAnon)*1024/float64(n), (openAnon-idleAnon)*1024/float64(n),
+			closedAnon-idleAnon, trimInterval+2*time.Second, minuteAnon-idleAnon)
 		b.ReportMetric(opened.Seconds(), "open-s")
 		b.ReportMetric(all.Seconds(), "complete-s")
 		b.ReportMetric(float64(n-done), "incomplete")
 		b.ReportMetric((openAnon-idleAnon)*1024/float64(n), "anon-B/conn")
-		b.ReportMetric(closedAnon-idleAnon, "anon-after-kB")
+		b.ReportMetric(minuteAnon-idleAnon, "anon-minute-after-kB")
 	}
 }

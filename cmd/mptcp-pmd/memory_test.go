@@ -8,7 +8,8 @@ import (
 var sink [][]byte
 
 // TestTrimmer checks that heap grown by garbage is collected and returned
-// once it exceeds the threshold, and that without growth nothing is done.
+// once the allocations exceed the threshold, and that without allocations
+// nothing is done.
 func TestTrimmer(t *testing.T) {
 	var tr trimmer
 	tr.once(0) // start from a trimmed heap
@@ -28,6 +29,31 @@ func TestTrimmer(t *testing.T) {
 		t.Errorf("resident heap %d bytes before the trim, %d after; want the garbage returned", before, after)
 	}
 	if tr.once(1 << 30) {
-		t.Error("the trimmer acted without growth beyond its threshold")
+		t.Error("the trimmer acted without allocations beyond its threshold")
+	}
+}
+
+// TestTrimmerAfterShrink: live memory that becomes garbage (connections
+// that close) is returned even though the heap never grows past what the
+// last trim left.
+func TestTrimmerAfterShrink(t *testing.T) {
+	var tr trimmer
+	for range 256 {
+		sink = append(sink, make([]byte, 64<<10)) // 16 MiB live
+	}
+	tr.once(0) // trimmed with the 16 MiB live: the base is high
+	high := tr.base
+	sink = nil
+	runtime.GC() // collected, but the freed spans stay resident
+	var small [][]byte
+	for range 64 {
+		small = append(small, make([]byte, 32<<10)) // 2 MiB of work, inside the heap
+	}
+	runtime.KeepAlive(small)
+	if !tr.once(1 << 20) {
+		t.Fatal("the trimmer did nothing after 2 MiB of allocations")
+	}
+	if tr.base > high/2 {
+		t.Errorf("resident heap %d after the trim, %d with the 16 MiB live: the garbage was not returned", tr.base, high)
 	}
 }
