@@ -370,6 +370,17 @@ func BenchmarkBurst(b *testing.B) {
 		_, _, burstAnon := procMem(b, d.pid())
 		time.Sleep(trimInterval + 2*time.Second) // what stays once the daemon returned its unused heap
 		_, _, openAnon := procMem(b, d.pid())
+		// A client lists them all, three times.
+		var gmo []time.Duration
+		for range 3 {
+			t := time.Now()
+			if objs := d.managedObjects(b); len(objs) != n {
+				b.Errorf("GetManagedObjects: %d objects, want %d", len(objs), n)
+			}
+			gmo = append(gmo, time.Since(t))
+		}
+		_, _, listedAnon := procMem(b, d.pid())
+		b.Logf("GetManagedObjects at %d connections: %v; anonymous memory %.0f kB more after the three", n, gmo, listedAnon-openAnon)
 		for _, c := range conns {
 			c.(*net.TCPConn).SetLinger(0) // reset: the server holds its ends open
 			c.Close()
@@ -393,5 +404,6 @@ func BenchmarkBurst(b *testing.B) {
 		b.ReportMetric(float64(n-done), "incomplete")
 		b.ReportMetric((openAnon-idleAnon)*1024/float64(n), "anon-B/conn")
 		b.ReportMetric(minuteAnon-idleAnon, "anon-minute-after-kB")
+		b.ReportMetric(float64(slices.Max(gmo).Milliseconds()), "GetManagedObjects-max-ms")
 	}
 }
