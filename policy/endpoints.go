@@ -104,10 +104,11 @@ func (endpoints) Endpoints(v View) []Action {
 		case setFlag:
 			e := v.Endpoints[owned[i]]
 			e.Flags = a.Flags
-			sets = append(sets, Action{Kind: SetEndpointFlags, Endpoint: e, Reason: "the configured flags changed"})
+			sets = append(sets, Action{Kind: SetEndpointFlags, Endpoint: e, Reason: "the configured flags are " + a.Flags.String()})
 		case readd:
-			why := "its interface, port or flags changed"
-			removes = append(removes, Action{Kind: RemoveEndpoint, Endpoint: v.Endpoints[owned[i]], Reason: why})
+			e := v.Endpoints[owned[i]]
+			why := readdReason(e, a)
+			removes = append(removes, Action{Kind: RemoveEndpoint, Endpoint: e, Reason: why})
 			adds = append(adds, Action{Kind: AddEndpoint, Endpoint: want, Reason: why})
 		case add:
 			adds = append(adds, Action{Kind: AddEndpoint, Endpoint: want, Reason: "usable address on " + a.Interface})
@@ -118,6 +119,18 @@ func (endpoints) Endpoints(v View) []Action {
 	}
 	slices.SortFunc(removes, byAddr)
 	return slices.Concat(removes, sets, adds)
+}
+
+// readdReason says why the owned endpoint e of address a is removed and
+// added again, as Endpoints decides it.
+func readdReason(e Endpoint, a Address) string {
+	switch {
+	case int(e.Ifindex) != a.Ifindex:
+		return "the address is on interface " + a.Interface + ", the endpoint on another"
+	case e.Port != 0:
+		return "the endpoint has a port"
+	}
+	return "the flags " + a.Flags.String() + " cannot be set on the endpoint"
 }
 
 // endpointsOf looks for the endpoints of address a: the index of the owned

@@ -52,7 +52,11 @@ func (fullmesh) Connection(v View, c Connection) []Action {
 			if !ok || joined(&c, local, remote) {
 				continue
 			}
-			out = append(out, subflowTo(&c, a, remote, "no subflow from "+local.String()+" to "+remote.Addr().String()))
+			why := "no subflow from " + local.String() + " to " + remote.Addr().String()
+			if j >= 0 {
+				why = "the peer announced " + remote.Addr().String() + "; " + why
+			}
+			out = append(out, subflowTo(&c, a, remote, why))
 			left--
 		}
 	}

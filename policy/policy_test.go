@@ -130,7 +130,16 @@ func TestReasons(t *testing.T) {
 		Subflows:  []Subflow{{Local: srv4, Remote: ap(c0v4, 40000)}},
 		Announced: []PeerAddress{{ID: 3, Addr: netip.MustParseAddr("10.55.9.2")}}}
 	srvAddrs := []Address{{Interface: "s0", Ifindex: 2, Addr: srv4.Addr()}, {Interface: "s1", Ifindex: 3, Addr: netip.MustParseAddr("10.55.1.2")}}
+	withPeer := func(p PeerAddress) Connection {
+		c := client4()
+		c.PeerAddresses = append(c.PeerAddresses, p)
+		return c
+	}
 	gone := ep(9, Address{Interface: "c9", Ifindex: 9, Addr: netip.MustParseAddr("10.55.9.1"), Flags: sub})
+	moved := ep(1, c0v4)
+	moved.Ifindex = 22
+	withPort := ep(1, c0v4)
+	withPort.Port = 8080
 	tests := []struct {
 		name string
 		acts []Action
@@ -148,12 +157,27 @@ func TestReasons(t *testing.T) {
 		{"fullmesh: a new address",
 			mustNew(NameFullmesh).Connection(View{Addresses: []Address{c0v4, c1v4}, SubflowLimit: 8}, client4()),
 			[]string{"no subflow from 10.55.1.1 to 10.55.0.2"}},
+		{"fullmesh: the peer announced an address",
+			mustNew(NameFullmesh).Connection(View{Addresses: []Address{c0v4}, SubflowLimit: 8}, withPeer(PeerAddress{ID: 1, Addr: netip.MustParseAddr("10.66.0.2")})),
+			[]string{"the peer announced 10.66.0.2; no subflow from 10.55.0.1 to 10.66.0.2"}},
+		{"fullmesh: an address gone",
+			mustNew(NameFullmesh).Connection(View{Addresses: []Address{c0v4}, SubflowLimit: 8}, withSubflow(fromC1)),
+			[]string{"address 10.55.1.1 is not usable any more"}},
 		{"endpoints: a new address, an address gone",
 			mustNew(NameEndpoints).Endpoints(View{Addresses: []Address{c0v4, c1v4}, Endpoints: []Endpoint{ep(1, c0v4), gone}}),
 			[]string{"the address is not usable any more", "usable address on c1"}},
 		{"endpoints: flags changed",
 			mustNew(NameEndpoints).Endpoints(View{Addresses: []Address{with(c0v4, subBackup)}, Endpoints: []Endpoint{ep(1, c0v4)}}),
-			[]string{"the configured flags changed"}},
+			[]string{"the configured flags are subflow,backup"}},
+		{"endpoints: the address moved",
+			mustNew(NameEndpoints).Endpoints(View{Addresses: []Address{c0v4}, Endpoints: []Endpoint{moved}}),
+			[]string{"the address is on interface c0, the endpoint on another", "the address is on interface c0, the endpoint on another"}},
+		{"endpoints: an endpoint with a port",
+			mustNew(NameEndpoints).Endpoints(View{Addresses: []Address{c0v4}, Endpoints: []Endpoint{withPort}}),
+			[]string{"the endpoint has a port", "the endpoint has a port"}},
+		{"endpoints: flags the kernel cannot change in place",
+			mustNew(NameEndpoints).Endpoints(View{Addresses: []Address{with(c0v4, pm.FlagSignal)}, Endpoints: []Endpoint{ep(1, c0v4)}}),
+			[]string{"the flags signal cannot be set on the endpoint", "the flags signal cannot be set on the endpoint"}},
 	}
 	for _, tt := range tests {
 		var got []string

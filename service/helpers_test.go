@@ -86,10 +86,10 @@ func withLister() harnessOpt { return func(h *harness, _ *Config) { h.listing = 
 // withRecord gives the service a record of its endpoints.
 func withRecord(r Record) harnessOpt { return func(h *harness, _ *Config) { h.record = r } }
 
-// withPM sets the path manager the namespace reports at first.
 // withLogLevel sets the level of the service's logger (debug otherwise).
 func withLogLevel(l slog.Level) harnessOpt { return func(h *harness, _ *Config) { h.logLevel = l } }
 
+// withPM sets the path manager the namespace reports at first.
 func withPM(p string) harnessOpt { return func(h *harness, _ *Config) { h.pmType = p } }
 
 // logBuffer collects the service's log for tests that check it.

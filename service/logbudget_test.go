@@ -77,9 +77,10 @@ func actionRecords(h *harness, msg string) []string {
 // TestActionRecords: at the default level, each subflow the policy makes
 // is an info record with the token as mptcpctl shows it and the policy's
 // reason, within the budget; what the budget leaves out is counted in one
-// record once its period is over. At the debug level nothing is left out.
+// record once its period is over. At the debug level nothing is left out;
+// above info, nothing is written or counted.
 func TestActionRecords(t *testing.T) {
-	for _, level := range []slog.Level{slog.LevelInfo, slog.LevelDebug} {
+	for _, level := range []slog.Level{slog.LevelInfo, slog.LevelDebug, slog.LevelWarn} {
 		t.Run(level.String(), func(t *testing.T) {
 			clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 			h := newHarness(t, withPolicy(PolicySubflowPerInterface), withLogLevel(level),
@@ -98,11 +99,22 @@ func TestActionRecords(t *testing.T) {
 			h.take()
 			recs := actionRecords(h, "policy: subflow requested")
 			want := logBurst
-			if level == slog.LevelDebug {
+			switch level {
+			case slog.LevelDebug:
 				want = 2 * conns
+			case slog.LevelWarn:
+				want = 0
 			}
 			if len(recs) != want {
 				t.Fatalf("%d subflow records for %d subflows, want %d", len(recs), 2*conns, want)
+			}
+			if level == slog.LevelWarn {
+				var n int
+				h.inspect(func() { n = h.s.actionLog.dropped })
+				if n != 0 {
+					t.Errorf("at the warn level, %d records counted as left out", n)
+				}
+				return
 			}
 			if r := recs[0]; !strings.Contains(r, "level=INFO") || !strings.Contains(r, "token=8fa80000 ") ||
 				!strings.Contains(r, `why="interface c1 has no subflow"`) || !strings.Contains(r, "interface=c1") {
@@ -115,8 +127,9 @@ func TestActionRecords(t *testing.T) {
 			switch {
 			case level == slog.LevelDebug && len(sums) != 0:
 				t.Errorf("at the debug level: %q", sums)
-			case level == slog.LevelInfo && (len(sums) != 1 || !strings.Contains(sums[0], fmt.Sprintf("suppressed=%d ", 2*conns-logBurst))):
-				t.Errorf("summary records %q, want one with suppressed=%d", sums, 2*conns-logBurst)
+			case level == slog.LevelInfo && (len(sums) != 1 || !strings.Contains(sums[0], fmt.Sprintf("suppressed=%d ", 2*conns-logBurst)) ||
+				!strings.Contains(sums[0], "period=10s") || !strings.Contains(sums[0], "since=")):
+				t.Errorf("summary records %q, want one with suppressed=%d since=... period=10s", sums, 2*conns-logBurst)
 			}
 			// Once said, not again.
 			clock.Add(logSummaryPeriod)

@@ -354,7 +354,11 @@ func (s *Service) connAction(c *conn, a policy.Action) {
 // the connection's token and the policy's reason (WHY=), within the
 // budget of such records (logBudget); at the debug level, every one.
 func (s *Service) logAction(c *conn, a policy.Action, msg string, args ...any) {
-	if !s.log.Enabled(context.Background(), slog.LevelDebug) && !s.actionLog.allow(s.now()) {
+	ctx := context.Background()
+	if !s.log.Enabled(ctx, slog.LevelInfo) {
+		return // nothing to write, nothing to count
+	}
+	if !s.log.Enabled(ctx, slog.LevelDebug) && !s.actionLog.allow(s.now()) {
 		s.armRetry(s.actionLog.summaryDue())
 		return
 	}
@@ -369,8 +373,8 @@ func (s *Service) logSummary(now time.Time) time.Time {
 		return due
 	}
 	n, since := s.actionLog.take()
-	s.log.Info("policy: path-management records suppressed (too many to log; the debug level logs them all)",
-		"suppressed", n, "since", since.Format(time.RFC3339))
+	s.log.Info("policy: path-management records suppressed",
+		"suppressed", n, "since", since.Format(time.RFC3339), "period", now.Sub(since).Round(time.Second))
 	return time.Time{}
 }
 

@@ -96,7 +96,7 @@ func (s *Service) ConnectionByToken(ctx context.Context, token uint32) (uint64, 
 	return call(ctx, s, op, func() (uint64, error) {
 		c := s.conns.byToken[token]
 		if c == nil {
-			return 0, reqErrorf(ErrNotFound, "%s: no connection with token %d", op, token)
+			return 0, reqErrorf(ErrNotFound, "%s: no connection with token %08x", op, token)
 		}
 		return c.id, nil
 	})

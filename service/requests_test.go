@@ -41,8 +41,8 @@ func TestRequestErrors(t *testing.T) {
 	}{
 		{name: "connection: unknown id", want: ErrNotFound, text: "no connection 99",
 			req: func(e *env) error { _, err := e.h.s.Connection(bg, 99); return err }},
-		{name: "connection by token: unknown", want: ErrNotFound, text: "token 4242",
-			req: func(e *env) error { _, err := e.h.s.ConnectionByToken(bg, 4242); return err }},
+		{name: "connection by token: unknown", want: ErrNotFound, text: "token 00004242",
+			req: func(e *env) error { _, err := e.h.s.ConnectionByToken(bg, 0x4242); return err }},
 		{name: "announce: unknown connection", want: ErrNotFound, sent: "Announce",
 			req: func(e *env) error { _, err := e.h.s.AnnounceAddress(bg, admin, 99, cli2, 0, 0); return err }},
 		{name: "announce: in-kernel PM connection, refused before sending", want: ErrNotSupported, text: "userspace path manager", sent: "Announce",

@@ -88,23 +88,29 @@ func (j *journalRecorder) last(t *testing.T) sentEntry {
 	return j.entries[len(j.entries)-1]
 }
 
+// journalToken is a token as the service logs it: a slog.LogValuer of
+// eight hex digits, which the handler resolves.
+type journalToken uint32
+
+func (t journalToken) LogValue() slog.Value { return slog.StringValue(fmt.Sprintf("%08x", uint32(t))) }
+
 func TestJournalHandler(t *testing.T) {
 	var rec journalRecorder
 	log := slog.New(newJournalHandler(slog.LevelInfo, rec.send, nil))
 
-	log.Warn("subflow closed", "token", uint32(2401295073), "local", netip.MustParseAddrPort("10.0.0.1:443"), "err", errors.New("reset by peer"))
+	log.Warn("subflow closed", "token", journalToken(0x8f2014e1), "local", netip.MustParseAddrPort("10.0.0.1:443"), "err", errors.New("reset by peer"))
 	e := rec.last(t)
 	if e.pri != journal.PriWarning {
 		t.Errorf("priority %d, want %d (warning)", e.pri, journal.PriWarning)
 	}
 	for k, want := range map[string]string{
-		"TOKEN": "2401295073", "LOCAL": "10.0.0.1:443", "ERR": "reset by peer", "SYSLOG_IDENTIFIER": "mptcp-pmd",
+		"TOKEN": "8f2014e1", "LOCAL": "10.0.0.1:443", "ERR": "reset by peer", "SYSLOG_IDENTIFIER": "mptcp-pmd",
 	} {
 		if got := e.fields[k]; got != want {
 			t.Errorf("field %s = %q, want %q (fields %v)", k, got, want, e.fields)
 		}
 	}
-	if want := `subflow closed token=2401295073 local=10.0.0.1:443 err="reset by peer"`; e.msg != want {
+	if want := `subflow closed token=8f2014e1 local=10.0.0.1:443 err="reset by peer"`; e.msg != want {
 		t.Errorf("MESSAGE = %q, want %q", e.msg, want)
 	}
 	if f := e.fields["CODE_FILE"]; !strings.HasSuffix(f, "systemd_linux_test.go") || e.fields["CODE_LINE"] == "" {
