@@ -307,7 +307,7 @@ func (rep childReport) expect(t *testing.T, who, mutatingErr string) []string {
 // loads the state. It returns the server and where clients send to.
 func startServer(t *testing.T, bus *dbustest.Bus, be Backend, opts func(*dbus.Conn) Options) (*Server, string) {
 	t.Helper()
-	conn := bus.Dial(t)
+	conn := dialServer(t, bus)
 	srv, err := New(conn, be, opts(conn))
 	if err != nil {
 		t.Fatal(err)

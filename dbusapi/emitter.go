@@ -1,7 +1,9 @@
 package dbusapi
 
 import (
+	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,9 +27,12 @@ const DefaultSignalQueue = 4096
 // dropped and counted; the mirror, which Get, GetAll and GetManagedObjects
 // read, stays right, so a client that re-reads is right again.
 type emitter struct {
-	conn *dbus.Conn
-	log  *slog.Logger
-	max  int
+	conn    *dbus.Conn
+	wire    *wireConn   // nil: every signal goes through godbus
+	buf     []byte      // run's: signals encoded, not yet written
+	pending []*outgoing // run's: the signals in buf
+	log     *slog.Logger
+	max     int
 
 	mu      sync.Mutex
 	queue   []*outgoing                             // in the order they were queued
@@ -66,6 +71,7 @@ func newEmitter(conn *dbus.Conn, log *slog.Logger, max int) *emitter {
 	}
 	e := &emitter{
 		conn:    conn,
+		wire:    wireOf(conn),
 		log:     log,
 		max:     max,
 		waiting: make(map[propKey]*outgoing),
@@ -159,31 +165,93 @@ func (e *emitter) run() {
 			default:
 			}
 			e.send(o)
-			e.unsent.Add(-1)
 			batch[i] = nil
 		}
+		e.write()
 	}
 }
 
-// send makes one signal or call.
+// writeBatch is how many bytes of encoded signals run writes at once at
+// most.
+const writeBatch = 64 << 10
+
+// send makes one signal or call: a signal is encoded into e.buf, for
+// write, or, when that cannot be, sent through godbus.
 func (e *emitter) send(o *outgoing) {
-	e.busy.Store(time.Now().UnixNano())
-	defer e.busy.Store(0)
 	if o.call != nil {
+		e.write() // what was queued before the call goes first
+		e.busy.Store(time.Now().UnixNano())
 		o.call()
+		e.busy.Store(0)
+		e.unsent.Add(-1)
 		return
 	}
 	args := o.args
 	if o.changed != nil {
 		args = []any{o.iface, o.changed, []string{}}
 	}
+	if e.wire != nil {
+		iface, member := splitName(o.name)
+		var err error
+		e.buf, err = appendMessage(e.buf, header{typ: dbus.TypeSignal, serial: e.wire.serials.GetSerial(),
+			path: o.path, iface: iface, member: member}, args...)
+		if err == nil {
+			e.pending = append(e.pending, o)
+			if len(e.buf) >= writeBatch {
+				e.write()
+			}
+			return
+		}
+		if !errors.Is(err, errWireType) {
+			e.log.Warn("dbusapi: emit signal", "path", o.path, "signal", o.name, "err", err)
+			e.done1(o)
+			return
+		}
+		e.write() // in order
+	}
+	e.busy.Store(time.Now().UnixNano())
 	if err := e.conn.Emit(o.path, o.name, args...); err != nil {
 		e.log.Warn("dbusapi: emit signal", "path", o.path, "signal", o.name, "err", err)
 	}
+	e.done1(o)
+	e.busy.Store(0)
+}
+
+// write writes the signals encoded in e.buf, in one write.
+func (e *emitter) write() {
+	if len(e.buf) == 0 {
+		return
+	}
+	e.busy.Store(time.Now().UnixNano())
+	if err := e.wire.write(e.buf); err != nil {
+		e.log.Warn("dbusapi: emit signals", "signals", len(e.pending), "err", err)
+	}
+	for i, o := range e.pending {
+		e.done1(o)
+		e.pending[i] = nil
+	}
+	e.busy.Store(0)
+	e.pending = e.pending[:0]
+	if cap(e.buf) > 4*writeBatch {
+		e.buf = nil // a large GetManagedObjects-sized burst: do not keep it
+	} else {
+		e.buf = e.buf[:0]
+	}
+}
+
+// done1 accounts for a signal sent (or given up).
+func (e *emitter) done1(o *outgoing) {
 	e.sent.Add(1)
+	e.unsent.Add(-1)
 	if e.onSent != nil {
 		e.onSent(o.path, o.name)
 	}
+}
+
+// splitName splits "interface.member".
+func splitName(name string) (iface, member string) {
+	i := strings.LastIndexByte(name, '.')
+	return name[:i], name[i+1:]
 }
 
 // stalled returns how long the send under way has been waiting for the

@@ -12,11 +12,16 @@ import (
 )
 
 // blockedEmitter returns an emitter on a real bus whose first send blocks
-// until release is called, and the signals a subscriber receives.
-func blockedEmitter(t *testing.T, max int) (e *emitter, release func(), received <-chan *dbus.Signal) {
+// until release is called, and the signals a subscriber receives. With
+// wire, the emitter writes the signals itself (Connect's connection);
+// else through godbus.
+func blockedEmitter(t *testing.T, max int, wire bool) (e *emitter, release func(), received <-chan *dbus.Signal) {
 	t.Helper()
 	bus := dbustest.StartBus(t)
 	conn := bus.Dial(t)
+	if wire {
+		conn = dialServer(t, bus)
+	}
 	sub := bus.Dial(t)
 	ch := make(chan *dbus.Signal, 10000)
 	sub.Signal(ch)
@@ -25,6 +30,9 @@ func blockedEmitter(t *testing.T, max int) (e *emitter, release func(), received
 	}
 	gate := make(chan struct{})
 	e = newEmitter(conn, slog.New(slog.DiscardHandler), max)
+	if (e.wire != nil) != wire {
+		t.Fatalf("emitter writes itself: %v, want %v", e.wire != nil, wire)
+	}
 	first := true
 	e.onSent = func(dbus.ObjectPath, string) {
 		if first {
@@ -52,8 +60,21 @@ func nextSignal(t *testing.T, ch <-chan *dbus.Signal) *dbus.Signal {
 	}
 }
 
-func TestEmitterNeverBlocksAndMerges(t *testing.T) {
-	e, release, ch := blockedEmitter(t, 3)
+// bothPaths runs f with the emitter writing through godbus and itself.
+func bothPaths(t *testing.T, f func(t *testing.T, wire bool)) {
+	for _, wire := range []bool{false, true} {
+		name := "godbus"
+		if wire {
+			name = "wire"
+		}
+		t.Run(name, func(t *testing.T) { f(t, wire) })
+	}
+}
+
+func TestEmitterNeverBlocksAndMerges(t *testing.T) { bothPaths(t, testEmitterNeverBlocksAndMerges) }
+
+func testEmitterNeverBlocksAndMerges(t *testing.T, wire bool) {
+	e, release, ch := blockedEmitter(t, 3, wire)
 	e.signal("/a", "org.example.T.First") // taken by the sender, which then blocks
 	for !func() bool { return e.stalled() > 0 }() {
 		time.Sleep(time.Millisecond)
@@ -110,8 +131,10 @@ func TestEmitterNeverBlocksAndMerges(t *testing.T) {
 	}
 }
 
-func TestEmitterStopWhileStuck(t *testing.T) {
-	e, release, _ := blockedEmitter(t, 10)
+func TestEmitterStopWhileStuck(t *testing.T) { bothPaths(t, testEmitterStopWhileStuck) }
+
+func testEmitterStopWhileStuck(t *testing.T, wire bool) {
+	e, release, _ := blockedEmitter(t, 10, wire)
 	defer release()
 	e.signal("/a", "org.example.T.First")
 	for e.stalled() == 0 {

@@ -213,7 +213,7 @@ func newHarness(t *testing.T, opts Options, setup func(*fakeBackend)) *harness {
 	if setup != nil {
 		setup(h.be)
 	}
-	h.srvConn = h.bus.Dial(t)
+	h.srvConn = dialServer(t, h.bus)
 	if opts.Authorizer == nil {
 		opts.Authorizer = &allowAll{}
 	}

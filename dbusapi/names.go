@@ -2,7 +2,6 @@ package dbusapi
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -34,16 +33,6 @@ const (
 // ErrNameTaken is wrapped by the error of Server.RequestName when another
 // connection owns the service name.
 var ErrNameTaken = errors.New("dbusapi: the service name is already owned")
-
-// ConnectSystemBus opens a private connection to the system bus, at
-// DBUS_SYSTEM_BUS_ADDRESS when that is set (tests point it at a private bus).
-func ConnectSystemBus() (*dbus.Conn, error) {
-	conn, err := dbus.ConnectSystemBus()
-	if err != nil {
-		return nil, fmt.Errorf("dbusapi: connect to the system bus: %w", err)
-	}
-	return conn, nil
-}
 
 // ConnectionPath returns the object path of the connection with the given id.
 func ConnectionPath(id uint64) dbus.ObjectPath {

@@ -596,7 +596,7 @@ func TestDefaultAuthorizer(t *testing.T) {
 	python := requirePythonDBus(t)
 	h := newHarness(t, Options{Authorizer: rootOnly{}}, withState)
 	// rootOnly is what New uses without an Authorizer.
-	if s, err := New(h.bus.Dial(t), newFakeBackend(), Options{}); err != nil {
+	if s, err := New(dialServer(t, h.bus), newFakeBackend(), Options{}); err != nil {
 		t.Fatal(err)
 	} else if _, ok := s.auth.(rootOnly); !ok {
 		t.Errorf("the default Authorizer is %T", s.auth)
@@ -667,7 +667,7 @@ func requirePythonDBus(t *testing.T) string {
 func TestRequestNameTaken(t *testing.T) {
 	pmtest.RequireRoot(t)
 	h := newHarness(t, Options{}, nil)
-	other, err := New(h.bus.Dial(t), newFakeBackend(), Options{})
+	other, err := New(dialServer(t, h.bus), newFakeBackend(), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -690,7 +690,7 @@ func TestRequestNameTaken(t *testing.T) {
 func TestRequestNameDenied(t *testing.T) {
 	deny := dbustest.ExtraConfig(`<policy user="root"><deny own="` + BusName + `"/></policy>`)
 	bus := dbustest.StartBus(t, deny)
-	srv, err := New(bus.Dial(t), newFakeBackend(), Options{Authorizer: &allowAll{}})
+	srv, err := New(dialServer(t, bus), newFakeBackend(), Options{Authorizer: &allowAll{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -725,7 +725,7 @@ func TestClose(t *testing.T) {
 // signal written to the bus socket.
 func BenchmarkPublish(b *testing.B) {
 	bus := dbustest.StartBus(b)
-	srv, err := New(bus.Dial(b), newFakeBackend(), Options{})
+	srv, err := New(dialServer(b, bus), newFakeBackend(), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/godbus/dbus/v5"
+
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi"
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
@@ -94,7 +96,7 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 		auth = nil
 	}
 	var err error
-	d.srv, err = dbusapi.New(d.bus.Dial(t), d.svc, dbusapi.Options{Authorizer: auth})
+	d.srv, err = dbusapi.New(dialDaemon(t, d.bus), d.svc, dbusapi.Options{Authorizer: auth})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,4 +374,16 @@ func tableRows(t *testing.T, text string) [][]string {
 		rows = append(rows, cells)
 	}
 	return rows
+}
+
+// dialDaemon connects the daemon's side to the bus as the daemon does
+// (dbusapi.Connect: it writes its signals itself).
+func dialDaemon(t *testing.T, bus *dbustest.Bus) *dbus.Conn {
+	t.Helper()
+	conn, err := dbusapi.Connect(bus.Address())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
