@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/godbus/dbus/v5"
 )
@@ -45,7 +46,7 @@ func Connect(address string, opts ...dbus.ConnOption) (*dbus.Conn, error) {
 		return nil, err
 	}
 	w := &wireConn{uc: uc}
-	conn, err := dbus.ConnectUnix(uc, append(opts, dbus.WithSerialGenerator(&w.serials))...)
+	conn, err := dbus.ConnectUnix(uc, append(opts, dbus.WithSerialGenerator(&w.serials), dbus.WithIncomingInterceptor(w.intercept))...)
 	if err != nil {
 		uc.Close()
 		return nil, err
@@ -77,6 +78,92 @@ func wireOf(conn *dbus.Conn) *wireConn {
 type wireConn struct {
 	uc      *net.UnixConn
 	serials serials
+
+	// Replies the server writes itself (GetManagedObjects): intercept
+	// marks such a call as wanting no reply, so that godbus makes none,
+	// and notes here that the server owes one.
+	rawReplies atomic.Bool // a server on this connection writes them
+	mu         sync.Mutex
+	owed       map[replyKey]time.Time
+}
+
+// replyKey identifies a call: its sender and serial.
+type replyKey struct {
+	sender string
+	serial uint32
+}
+
+// intercept runs in godbus's reader for every incoming message, before
+// the call is handled: a GetManagedObjects of the manager object that
+// wants a reply is marked as wanting none (godbus then makes none) and
+// noted as owed, for the server to answer itself (takeOwed). A call with
+// arguments is left to godbus, which refuses it.
+func (w *wireConn) intercept(msg *dbus.Message) {
+	if msg.Type != dbus.TypeMethodCall || msg.Flags&dbus.FlagNoReplyExpected != 0 || len(msg.Body) != 0 || !w.rawReplies.Load() {
+		return
+	}
+	if member, _ := msg.Headers[dbus.FieldMember].Value().(string); member != "GetManagedObjects" {
+		return
+	}
+	if path, _ := msg.Headers[dbus.FieldPath].Value().(dbus.ObjectPath); path != ManagerPath {
+		return
+	}
+	if iface, ok := msg.Headers[dbus.FieldInterface].Value().(string); ok && iface != objectManagerInterface {
+		return
+	}
+	sender, _ := msg.Headers[dbus.FieldSender].Value().(string)
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.owed == nil {
+		w.owed = make(map[replyKey]time.Time)
+	}
+	if len(w.owed) >= maxOwed {
+		// Calls refused before the method ran (the bound on calls in
+		// flight) leave their entry: forget those of a minute ago.
+		for k, t := range w.owed {
+			if now.Sub(t) > time.Minute {
+				delete(w.owed, k)
+			}
+		}
+		if len(w.owed) >= maxOwed {
+			return // godbus answers this one
+		}
+	}
+	msg.Flags |= dbus.FlagNoReplyExpected
+	w.owed[replyKey{sender, msg.Serial()}] = now
+}
+
+// maxOwed bounds the replies owed at once.
+const maxOwed = 4096
+
+// takeOwed reports whether the server owes the call a reply it writes
+// itself, and forgets it.
+func (w *wireConn) takeOwed(sender string, serial uint32) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	k := replyKey{sender, serial}
+	_, ok := w.owed[k]
+	delete(w.owed, k)
+	return ok
+}
+
+// reply writes a method return to the call (sender, serial) with args,
+// or, if they cannot be encoded, the error org.freedesktop.DBus.Error.Failed.
+// size is the reply's expected size: growing a buffer of megabytes by
+// appending costs more than encoding into it.
+func (w *wireConn) reply(sender string, serial uint32, size int, args ...any) error {
+	b, err := appendMessage(make([]byte, 0, size), header{typ: dbus.TypeMethodReply, flags: dbus.FlagNoReplyExpected,
+		serial: w.serials.GetSerial(), replySerial: serial, destination: sender}, args...)
+	if err != nil {
+		b, _ = appendMessage(nil, header{typ: dbus.TypeError, flags: dbus.FlagNoReplyExpected, serial: w.serials.GetSerial(),
+			replySerial: serial, destination: sender, errorName: "org.freedesktop.DBus.Error.Failed"}, err.Error())
+		if werr := w.write(b); werr != nil {
+			return werr
+		}
+		return err
+	}
+	return w.write(b)
 }
 
 // write writes whole messages.

@@ -210,7 +210,7 @@ func (e *emitter) send(o *outgoing) {
 		e.write() // in order
 	}
 	e.busy.Store(time.Now().UnixNano())
-	if err := e.conn.Emit(o.path, o.name, args...); err != nil {
+	if err := e.conn.Emit(o.path, o.name, toGodbus(args)...); err != nil {
 		e.log.Warn("dbusapi: emit signal", "path", o.path, "signal", o.name, "err", err)
 	}
 	e.done1(o)

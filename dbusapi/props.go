@@ -53,36 +53,86 @@ func managerProps(m service.Manager) map[string]dbus.Variant {
 		las = append(las, localAddressWire{a.Interface, addrString(a.Address)})
 	}
 	return map[string]dbus.Variant{
-		"Version":           dbus.MakeVariant(m.Version),
-		"ControlMode":       dbus.MakeVariant(m.ControlMode),
-		"Controller":        dbus.MakeVariant(m.Controller),
-		"Policy":            dbus.MakeVariant(m.Policy),
-		"KernelPathManager": dbus.MakeVariant(m.KernelPathManager),
-		"Endpoints":         dbus.MakeVariant(eps),
-		"Limits":            dbus.MakeVariant(limitsWire{m.Limits.Subflows, m.Limits.AddAddrAccepted}),
-		"LocalAddresses":    dbus.MakeVariant(las),
+		"Version":           variantOf(m.Version),
+		"ControlMode":       variantOf(m.ControlMode),
+		"Controller":        variantOf(m.Controller),
+		"Policy":            variantOf(m.Policy),
+		"KernelPathManager": variantOf(m.KernelPathManager),
+		"Endpoints":         variantOf(eps),
+		"Limits":            variantOf(limitsWire{m.Limits.Subflows, m.Limits.AddAddrAccepted}),
+		"LocalAddresses":    variantOf(las),
 	}
 }
 
+// connectionPropNames are the properties of the Connection interface.
+var connectionPropNames = []string{"Token", "ServerSide", "State", "LocalAddress", "LocalPort", "RemoteAddress",
+	"RemotePort", "DenyJoinId0", "Subflows", "RemoteAddresses", "AnnouncedAddresses"}
+
 // connectionProps returns every property of the Connection interface.
 func connectionProps(c service.Connection) map[string]dbus.Variant {
-	sfs := make([]subflowWire, 0, len(c.Subflows))
-	for _, s := range c.Subflows {
-		sfs = append(sfs, subflowToWire(s))
+	return connectionPropsNamed(c, connectionPropNames)
+}
+
+// connectionPropsNamed returns the named properties of the Connection
+// interface; names it does not know are left out. Publish builds only
+// what changed.
+func connectionPropsNamed(c service.Connection, names []string) map[string]dbus.Variant {
+	out := make(map[string]dbus.Variant, len(names))
+	for _, n := range names {
+		var v any
+		switch n {
+		case "Token":
+			v = c.Token
+		case "ServerSide":
+			v = c.ServerSide
+		case "State":
+			v = c.State
+		case "LocalAddress":
+			v = addrString(c.LocalAddress)
+		case "LocalPort":
+			v = c.LocalPort
+		case "RemoteAddress":
+			v = addrString(c.RemoteAddress)
+		case "RemotePort":
+			v = c.RemotePort
+		case "DenyJoinId0":
+			v = c.DenyJoinID0
+		case "Subflows":
+			sfs := make([]subflowWire, 0, len(c.Subflows))
+			for _, s := range c.Subflows {
+				sfs = append(sfs, subflowToWire(s))
+			}
+			v = sfs
+		case "RemoteAddresses":
+			v = addressesToWire(c.RemoteAddresses)
+		case "AnnouncedAddresses":
+			v = addressesToWire(c.AnnouncedAddresses)
+		default:
+			continue
+		}
+		out[n] = variantOf(v)
 	}
-	return map[string]dbus.Variant{
-		"Token":              dbus.MakeVariant(c.Token),
-		"ServerSide":         dbus.MakeVariant(c.ServerSide),
-		"State":              dbus.MakeVariant(c.State),
-		"LocalAddress":       dbus.MakeVariant(addrString(c.LocalAddress)),
-		"LocalPort":          dbus.MakeVariant(c.LocalPort),
-		"RemoteAddress":      dbus.MakeVariant(addrString(c.RemoteAddress)),
-		"RemotePort":         dbus.MakeVariant(c.RemotePort),
-		"DenyJoinId0":        dbus.MakeVariant(c.DenyJoinID0),
-		"Subflows":           dbus.MakeVariant(sfs),
-		"RemoteAddresses":    dbus.MakeVariant(addressesToWire(c.RemoteAddresses)),
-		"AnnouncedAddresses": dbus.MakeVariant(addressesToWire(c.AnnouncedAddresses)),
+	return out
+}
+
+// signatures are the parsed signatures of the types sigOf knows, for
+// variantOf.
+var signatures = func() map[string]dbus.Signature {
+	m := make(map[string]dbus.Signature)
+	for _, v := range []any{uint8(0), false, int16(0), uint16(0), int32(0), uint32(0), int64(0), uint64(0), 0.0, "",
+		dbus.ObjectPath("/"), []string{}, []subflowWire{}, []addressWire{}, []endpointWire{}, limitsWire{}, []localAddressWire{}} {
+		m[sigOf(v)] = dbus.SignatureOf(v)
 	}
+	return m
+}()
+
+// variantOf is dbus.MakeVariant(v) without its reflection for the types
+// the API sends.
+func variantOf(v any) dbus.Variant {
+	if sig, ok := signatures[sigOf(v)]; ok {
+		return dbus.MakeVariantWithSignature(v, sig)
+	}
+	return dbus.MakeVariant(v)
 }
 
 func subflowToWire(s service.Subflow) subflowWire {

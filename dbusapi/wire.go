@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
 
 // The D-Bus wire format of the messages the daemon sends most: signals and
@@ -273,8 +277,10 @@ func sigOf(v any) string {
 		return "a{sv}"
 	case map[string]map[string]dbus.Variant:
 		return "a{sa{sv}}"
-	case map[dbus.ObjectPath]map[string]map[string]dbus.Variant:
+	case map[dbus.ObjectPath]map[string]map[string]dbus.Variant, managedObjects:
 		return "a{oa{sa{sv}}}"
+	case connObject:
+		return "a{sa{sv}}"
 	case endpointWire:
 		return "(ysqasss)"
 	case []endpointWire:
@@ -348,6 +354,10 @@ func (e *encoder) value(v any) {
 			e.interfaces(ifaces)
 		}
 		e.endArray(at, start)
+	case connObject:
+		e.connObject(v.c)
+	case managedObjects:
+		e.managedObjects(v)
 	case endpointWire:
 		e.endpoint(v)
 	case []endpointWire:
@@ -444,4 +454,138 @@ func (e *encoder) address(v addressWire) {
 	e.u8(v.ID)
 	e.str(v.Address)
 	e.u16(v.Port)
+}
+
+// connObject is a connection object's entry of InterfacesAdded and
+// GetManagedObjects, its interfaces and their properties (a{sa{sv}}),
+// encoded straight from the connection, without the maps of
+// connectionObject. godbus does not know it: toGodbus turns it into them.
+type connObject struct{ c *service.Connection }
+
+// managedObjects is a GetManagedObjects reply's body (a{oa{sa{sv}}}),
+// encoded straight from the connections.
+type managedObjects []service.Connection
+
+// toGodbus returns args with the values only this encoder knows turned
+// into the maps and slices godbus encodes.
+func toGodbus(args []any) []any {
+	out := args
+	for i, a := range args {
+		var v any
+		switch a := a.(type) {
+		case connObject:
+			v = connectionObject(*a.c)
+		case managedObjects:
+			m := make(map[dbus.ObjectPath]map[string]map[string]dbus.Variant, len(a))
+			for _, c := range a {
+				m[ConnectionPath(c.ID)] = connectionObject(c)
+			}
+			v = m
+		default:
+			continue
+		}
+		if &out[0] == &args[0] {
+			out = append([]any(nil), args...)
+		}
+		out[i] = v
+	}
+	return out
+}
+
+// addr appends an address as a string, as addrString makes it, without
+// making the string.
+func (e *encoder) addr(a netip.Addr) {
+	e.align(4)
+	at := len(e.b)
+	e.b = append(e.b, 0, 0, 0, 0)
+	if a.IsValid() {
+		e.b = a.AppendTo(e.b)
+	}
+	binary.LittleEndian.PutUint32(e.b[at:], uint32(len(e.b)-at-4))
+	e.b = append(e.b, 0)
+}
+
+// propHeader starts an entry of an a{sv}, up to its variant's value.
+func (e *encoder) propHeader(name, sig string) {
+	e.align(8)
+	e.str(name)
+	e.sig(sig)
+}
+
+// connObject appends what connectionObject(*c) would be: the same
+// properties, in the order of connectionPropNames.
+func (e *encoder) connObject(c *service.Connection) {
+	at, start := e.beginArray(8)
+	e.align(8)
+	e.str(ConnectionInterface)
+	pat, pstart := e.beginArray(8)
+	e.propHeader("Token", "u")
+	e.u32(c.Token)
+	e.propHeader("ServerSide", "b")
+	e.boolean(c.ServerSide)
+	e.propHeader("State", "s")
+	e.str(c.State)
+	e.propHeader("LocalAddress", "s")
+	e.addr(c.LocalAddress)
+	e.propHeader("LocalPort", "q")
+	e.u16(c.LocalPort)
+	e.propHeader("RemoteAddress", "s")
+	e.addr(c.RemoteAddress)
+	e.propHeader("RemotePort", "q")
+	e.u16(c.RemotePort)
+	e.propHeader("DenyJoinId0", "b")
+	e.boolean(c.DenyJoinID0)
+	e.propHeader("Subflows", "a(yysqsqbs)")
+	sat, sstart := e.beginArray(8)
+	for i := range c.Subflows {
+		s := &c.Subflows[i]
+		e.align(8)
+		e.u8(s.LocalID)
+		e.u8(s.RemoteID)
+		e.addr(s.LocalAddress)
+		e.u16(s.LocalPort)
+		e.addr(s.RemoteAddress)
+		e.u16(s.RemotePort)
+		e.boolean(s.Backup)
+		e.str(s.Interface)
+	}
+	e.endArray(sat, sstart)
+	e.propHeader("RemoteAddresses", "a(ysq)")
+	e.announced(c.RemoteAddresses)
+	e.propHeader("AnnouncedAddresses", "a(ysq)")
+	e.announced(c.AnnouncedAddresses)
+	e.endArray(pat, pstart)
+	for _, iface := range [...]string{propertiesInterface, introspectableInterface, peerInterface} {
+		e.align(8)
+		e.str(iface)
+		a, s := e.beginArray(8)
+		e.endArray(a, s)
+	}
+	e.endArray(at, start)
+}
+
+func (e *encoder) announced(as []service.AnnouncedAddress) {
+	at, start := e.beginArray(8)
+	for i := range as {
+		e.align(8)
+		e.u8(as[i].ID)
+		e.addr(as[i].Address)
+		e.u16(as[i].Port)
+	}
+	e.endArray(at, start)
+}
+
+// managedObjects appends a{oa{sa{sv}}}.
+func (e *encoder) managedObjects(cs managedObjects) {
+	at, start := e.beginArray(8)
+	var path []byte
+	for i := range cs {
+		e.align(8)
+		path = strconv.AppendUint(append(path[:0], ConnectionsPath+"/"...), cs[i].ID, 10)
+		e.u32(uint32(len(path)))
+		e.b = append(e.b, path...)
+		e.b = append(e.b, 0)
+		e.connObject(&cs[i])
+	}
+	e.endArray(at, start)
 }

@@ -72,6 +72,8 @@ func wireCases() []struct {
 		args []any
 	}{
 		{"InterfacesAdded", sig(ManagerPath, objectManagerInterface, "InterfacesAdded"), []any{ConnectionPath(c.ID), connectionObject(c)}},
+		{"InterfacesAdded, encoded from the connection", sig(ManagerPath, objectManagerInterface, "InterfacesAdded"), []any{ConnectionPath(c.ID), connObject{&c}}},
+		{"InterfacesAdded, a connection with nothing set", sig(ManagerPath, objectManagerInterface, "InterfacesAdded"), []any{ConnectionPath(1), connObject{&service.Connection{ID: 1}}}},
 		{"InterfacesRemoved", sig(ManagerPath, objectManagerInterface, "InterfacesRemoved"), []any{ConnectionPath(c.ID), connectionInterfaces()}},
 		{"PropertiesChanged connection", sig(ConnectionPath(c.ID), propertiesInterface, "PropertiesChanged"),
 			[]any{ConnectionInterface, pick(connectionProps(c), []string{"State", "Subflows"}), []string{}}},
@@ -87,6 +89,10 @@ func wireCases() []struct {
 			[]any{int16(-2), int32(-3), int64(-4), uint64(1 << 40), 1.5, dbus.ObjectPath("/x"), []dbus.ObjectPath{"/x", "/y"}, dbus.MakeVariant(dbus.MakeVariant(uint8(1)))}},
 		{"GetManagedObjects reply", header{typ: dbus.TypeMethodReply, serial: 43, replySerial: 9, destination: ":1.42"},
 			[]any{map[dbus.ObjectPath]map[string]map[string]dbus.Variant{ConnectionPath(c.ID): connectionObject(c), ConnectionPath(8): connectionObject(c)}}},
+		{"GetManagedObjects reply, encoded from the connections", header{typ: dbus.TypeMethodReply, serial: 43, replySerial: 9, destination: ":1.42"},
+			[]any{managedObjects{c, {ID: 8}, {ID: 12345678901}}}},
+		{"GetManagedObjects reply, no connections", header{typ: dbus.TypeMethodReply, serial: 43, replySerial: 9, destination: ":1.42"},
+			[]any{managedObjects{}}},
 	}
 }
 
@@ -131,6 +137,7 @@ func godbusMessage(t *testing.T, h header, args []any) *dbus.Message {
 
 func encodeGodbus(t *testing.T, h header, args []any) []byte {
 	t.Helper()
+	args = toGodbus(args)
 	m := &dbus.Message{Type: h.typ, Flags: h.flags, Headers: map[dbus.HeaderField]dbus.Variant{}, Body: args}
 	if h.path != "" {
 		m.Headers[dbus.FieldPath] = dbus.MakeVariant(h.path)
@@ -198,7 +205,8 @@ func FuzzWire(f *testing.F) {
 	f.Add("a\xff", "", "\x00", uint8(0), uint16(0), uint32(0), false)
 	f.Fuzz(func(t *testing.T, addr, iface, key string, id uint8, port uint16, n uint32, backup bool) {
 		args := []any{id, id, addr, port, addr, port, backup, iface,
-			map[string]dbus.Variant{key: dbus.MakeVariant(n), "S": dbus.MakeVariant([]subflowWire{{id, id, addr, port, iface, port, backup, iface}})}}
+			map[string]dbus.Variant{key: dbus.MakeVariant(n), "S": dbus.MakeVariant([]subflowWire{{id, id, addr, port, iface, port, backup, iface}})},
+			connObject{&service.Connection{ID: uint64(n), State: key, Subflows: []service.Subflow{{LocalID: id, Interface: iface, LocalPort: port}}}}}
 		h := header{typ: dbus.TypeSignal, serial: n | 1, path: "/a", iface: "org.example.T", member: "M"}
 		b, err := appendMessage(nil, h, args...)
 		var godbusErr error
@@ -211,7 +219,7 @@ func FuzzWire(f *testing.F) {
 			}()
 			m := &dbus.Message{Type: h.typ, Headers: map[dbus.HeaderField]dbus.Variant{
 				dbus.FieldPath: dbus.MakeVariant(h.path), dbus.FieldInterface: dbus.MakeVariant(h.iface),
-				dbus.FieldMember: dbus.MakeVariant(h.member), dbus.FieldSignature: dbus.MakeVariant(dbus.SignatureOf(args...))}, Body: args}
+				dbus.FieldMember: dbus.MakeVariant(h.member), dbus.FieldSignature: dbus.MakeVariant(dbus.SignatureOf(toGodbus(args)...))}, Body: toGodbus(args)}
 			var buf bytes.Buffer
 			godbusErr = m.EncodeTo(&buf, binary.LittleEndian)
 			want = buf.Bytes()
@@ -241,7 +249,7 @@ func FuzzWire(f *testing.F) {
 func BenchmarkWireSignal(b *testing.B) {
 	c := sampleConnection()
 	h := header{typ: dbus.TypeSignal, serial: 42, path: ManagerPath, iface: objectManagerInterface, member: "InterfacesAdded"}
-	args := []any{ConnectionPath(c.ID), connectionObject(c)}
+	args := []any{ConnectionPath(c.ID), connObject{&c}}
 	b.Run("wire", func(b *testing.B) {
 		b.ReportAllocs()
 		var buf []byte
@@ -251,6 +259,7 @@ func BenchmarkWireSignal(b *testing.B) {
 	})
 	b.Run("godbus", func(b *testing.B) {
 		b.ReportAllocs()
+		args := toGodbus(args)
 		m := &dbus.Message{Type: h.typ, Headers: map[dbus.HeaderField]dbus.Variant{
 			dbus.FieldPath: dbus.MakeVariant(h.path), dbus.FieldInterface: dbus.MakeVariant(h.iface),
 			dbus.FieldMember: dbus.MakeVariant(h.member), dbus.FieldSignature: dbus.MakeVariant(dbus.SignatureOf(args...))}, Body: args}
@@ -261,4 +270,25 @@ func BenchmarkWireSignal(b *testing.B) {
 			m.EncodeTo(&buf, binary.LittleEndian)
 		}
 	})
+}
+
+// TestVariantOf: the variants Publish makes without reflection carry the
+// signature godbus's MakeVariant gives.
+func TestVariantOf(t *testing.T) {
+	props := connectionProps(sampleConnection())
+	for _, tc := range wireCases() {
+		if tc.name == "PropertiesChanged manager" {
+			for k, v := range tc.args[1].(map[string]dbus.Variant) {
+				props["manager "+k] = v
+			}
+		}
+	}
+	if len(props) != len(connectionPropNames)+8 {
+		t.Fatalf("%d properties", len(props))
+	}
+	for k, v := range props {
+		if want := dbus.MakeVariant(v.Value()).Signature(); v.Signature() != want {
+			t.Errorf("%s: signature %s, want %s", k, v.Signature(), want)
+		}
+	}
 }
