@@ -9,7 +9,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/godbus/dbus/v5"
 )
@@ -45,7 +47,12 @@ func Connect(address string, opts ...dbus.ConnOption) (*dbus.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &wireConn{uc: uc}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		uc.Close()
+		return nil, err
+	}
+	w := &wireConn{uc: uc, raw: raw}
 	conn, err := dbus.ConnectUnix(uc, append(opts, dbus.WithSerialGenerator(&w.serials), dbus.WithIncomingInterceptor(w.intercept))...)
 	if err != nil {
 		uc.Close()
@@ -77,6 +84,7 @@ func wireOf(conn *dbus.Conn) *wireConn {
 // godbus's.
 type wireConn struct {
 	uc      *net.UnixConn
+	raw     syscall.RawConn
 	serials serials
 
 	// Replies the server writes itself (GetManagedObjects): intercept
@@ -166,9 +174,33 @@ func (w *wireConn) reply(sender string, serial uint32, size int, args ...any) er
 	return w.write(b)
 }
 
-// write writes whole messages.
+// write writes whole messages. It holds the socket's write lock until
+// every byte is written (RawConn.Write, like Conn.Write), waiting for the
+// socket to take more when it is full. The write itself is a raw system
+// call with MSG_DONTWAIT: it never blocks, and a Syscall would wake the
+// Go runtime's monitor thread at each burst of signals.
 func (w *wireConn) write(b []byte) error {
-	_, err := w.uc.Write(b)
+	var errno syscall.Errno
+	err := w.raw.Write(func(fd uintptr) bool {
+		for len(b) > 0 {
+			n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+				syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL, 0, 0)
+			switch e {
+			case 0:
+				b = b[n:]
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return false
+			default:
+				errno = e
+				return true
+			}
+		}
+		return true
+	})
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("sendto", errno)
+	}
 	return err
 }
 

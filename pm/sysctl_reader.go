@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"sync"
+	"syscall"
+	"unsafe"
 )
 
 // PathManagerReader reads the path manager like PathManagerType, from the
@@ -42,8 +43,8 @@ func OpenPathManagerReader() (*PathManagerReader, error) {
 func (r *PathManagerReader) Read() (string, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n, err := r.f.ReadAt(r.buf[:], 0)
-	if err != nil && !errors.Is(err, io.EOF) {
+	n, err := r.pread()
+	if err != nil {
 		return "", fmt.Errorf("pm: path manager type: %w", err)
 	}
 	v := bytes.TrimSpace(r.buf[:n])
@@ -56,6 +57,34 @@ func (r *PathManagerReader) Read() (string, error) {
 		return "", fmt.Errorf("pm: read %s: unknown value %q: %w", r.f.Name(), v, ErrInvalid)
 	}
 	return string(v), nil
+}
+
+// pread reads the file from its start into r.buf. A sysctl read never
+// waits, so it is a raw system call: a Syscall (os.File.ReadAt) tells the
+// Go scheduler the thread may block, which wakes the runtime's monitor
+// thread when the process was idle; the service reads this at every new
+// connection.
+func (r *PathManagerReader) pread() (int, error) {
+	fd, err := r.f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n uintptr
+	var errno syscall.Errno
+	if err := fd.Control(func(fd uintptr) {
+		for {
+			n, _, errno = syscall.RawSyscall6(syscall.SYS_PREAD64, fd, uintptr(unsafe.Pointer(&r.buf[0])), uintptr(len(r.buf)), 0, 0, 0)
+			if errno != syscall.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		return 0, err
+	}
+	if errno != 0 {
+		return 0, &os.PathError{Op: "pread", Path: r.f.Name(), Err: errno}
+	}
+	return int(n), nil
 }
 
 // Close closes the file.

@@ -12,7 +12,7 @@ var sink [][]byte
 // nothing is done.
 func TestTrimmer(t *testing.T) {
 	var tr trimmer
-	tr.once(0) // start from a trimmed heap
+	tr.trim() // start from a trimmed heap
 	for range 256 {
 		sink = append(sink, make([]byte, 64<<10)) // 16 MiB in small pieces
 	}
@@ -22,8 +22,11 @@ func TestTrimmer(t *testing.T) {
 	if before < tr.base+8<<20 {
 		t.Fatalf("resident heap %d after allocating 16 MiB, trimmed base %d", before, tr.base)
 	}
+	if tr.once(1 << 20) {
+		t.Fatal("the trimmer trimmed in the interval of a 16 MiB burst: wait until it is over")
+	}
 	if !tr.once(1 << 20) {
-		t.Fatal("the trimmer did nothing after the heap grew by more than 8 MiB")
+		t.Fatal("the trimmer did nothing in the quiet interval after 16 MiB of allocations")
 	}
 	if after := residentHeap(); after > before/2 {
 		t.Errorf("resident heap %d bytes before the trim, %d after; want the garbage returned", before, after)
@@ -41,7 +44,7 @@ func TestTrimmerAfterShrink(t *testing.T) {
 	for range 256 {
 		sink = append(sink, make([]byte, 64<<10)) // 16 MiB live
 	}
-	tr.once(0) // trimmed with the 16 MiB live: the base is high
+	tr.trim() // trimmed with the 16 MiB live: the base is high
 	high := tr.base
 	sink = nil
 	runtime.GC() // collected, but the freed spans stay resident
@@ -50,8 +53,9 @@ func TestTrimmerAfterShrink(t *testing.T) {
 		small = append(small, make([]byte, 32<<10)) // 2 MiB of work, inside the heap
 	}
 	runtime.KeepAlive(small)
+	tr.once(1 << 20) // the interval of the work
 	if !tr.once(1 << 20) {
-		t.Fatal("the trimmer did nothing after 2 MiB of allocations")
+		t.Fatal("the trimmer did nothing in the quiet interval after 2 MiB of allocations")
 	}
 	if tr.base > high/2 {
 		t.Errorf("resident heap %d after the trim, %d with the 16 MiB live: the garbage was not returned", tr.base, high)

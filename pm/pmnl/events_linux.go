@@ -116,13 +116,17 @@ func newEventListener(c *genetlink.Conn) (*EventListener, error) {
 // recvfrom reads one datagram into l.buf without blocking; it is the
 // callback of syscall.RawConn.Read, which waits for the socket to become
 // readable whenever it returns false. It uses the raw system call because
-// unix.Recvfrom allocates a Sockaddr on every call.
+// unix.Recvfrom allocates a Sockaddr on every call, and RawSyscall6
+// because the call never blocks (the socket is non-blocking): a Syscall
+// tells the Go scheduler that the thread may block, which wakes the
+// runtime's monitor thread when the process was idle, a futex and a
+// series of its wake-ups for every burst of events.
 func (l *EventListener) recvfrom(fd uintptr) bool {
 	for {
 		l.fromLen = unix.SizeofSockaddrNetlink
-		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd,
+		n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd,
 			uintptr(unsafe.Pointer(&l.buf[0])), uintptr(len(l.buf)),
-			unix.MSG_TRUNC, // n is the datagram's full length
+			unix.MSG_TRUNC|unix.MSG_DONTWAIT, // n is the datagram's full length; never blocks
 			uintptr(unsafe.Pointer(&l.from)), uintptr(unsafe.Pointer(&l.fromLen)))
 		switch e {
 		case unix.EINTR:
