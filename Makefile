@@ -45,12 +45,21 @@ bench:
 # daemons' CPU time per kernel event (about 10 s per 200 connections; root,
 # MPTCP and dbus-daemon). LAB_CONNS connections per mode. Then a burst of
 # BURST_CONNS connections opened at once (subflow-per-interface): until
-# every one has its subflows, and the daemon's memory per connection.
-LAB_CONNS   ?= 200
-BURST_CONNS ?= 10000
+# every one has its subflows, and the daemon's memory per connection. Then
+# bursts of 300 connections opened at once, BURST300_ROUNDS rounds
+# interleaving the kernel's path manager and mptcp-pmd's
+# subflow-per-interface and fullmesh policies: a table of the median and
+# worst time until the last one has its subflows, and ratios to the
+# kernel's. Last, 300 connections one by one from the kernel's CREATED to
+# the daemon's InterfacesAdded, each after a Peer.Ping round trip: medians,
+# and the ratio of event->signal to a ping.
+LAB_CONNS       ?= 200
+BURST_CONNS     ?= 10000
+BURST300_ROUNDS ?= 5
 bench-lab: build
-	LAB_CONNS=$(LAB_CONNS) BURST_CONNS=$(BURST_CONNS) $(GO) test -run '^$$' -bench '^Benchmark(Lab|Burst)$$' \
-		-benchtime 1x -count=1 -v ./cmd/mptcp-pmd
+	LAB_CONNS=$(LAB_CONNS) BURST_CONNS=$(BURST_CONNS) BURST300_ROUNDS=$(BURST300_ROUNDS) \
+		$(GO) test -run '^$$' -bench '^Benchmark(Lab|Burst|Burst300)$$' -benchtime 1x -count=1 -v ./cmd/mptcp-pmd
+	$(GO) test -run '^$$' -bench '^BenchmarkEventToSignal$$' -benchtime 300x -count=1 -v ./cmd/mptcp-pmd
 
 # Lab scenario: the daemon's start-up with 0, 1000 and 10000 live
 # connections to adopt, and its repair after lost events with 10000 (a few

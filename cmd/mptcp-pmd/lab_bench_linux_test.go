@@ -407,3 +407,259 @@ func BenchmarkBurst(b *testing.B) {
 		b.ReportMetric(float64(slices.Max(gmo).Milliseconds()), "GetManagedObjects-max-ms")
 	}
 }
+
+// burstMode is one way of managing paths in BenchmarkBurst300, on a lab of
+// its own: a client namespace with three paths to its server.
+type burstMode struct {
+	name   string
+	lab    *pmtest.Lab
+	kev    *kernelLog // the client's events, from a listener of the benchmark's own
+	server netip.AddrPort
+	d      *testDaemon     // the daemon, nil for the kernel's path manager
+	opened []time.Duration // per round: the first dial -> the last connection open
+	last   []time.Duration // per round: the first dial -> the last connection complete
+}
+
+// BenchmarkBurst300 measures how soon every connection of a burst of 300,
+// opened at once by 32 dialers, has its extra subflows: the time from just
+// before the first dial until the client's event listener has seen
+// SUB_ESTABLISHED from the client's second and third path for each of the
+// 300 (as the listener received them). Its modes are the kernel's in-kernel
+// path manager with subflow endpoints made by hand for those two paths
+// ("kernel"), and the built daemon with the subflow-per-interface and the
+// fullmesh policy (userspace path manager, each on a private bus). Each
+// mode has a lab of its own (three paths); every connection writes its
+// first bytes right after connect(), as real clients do. Rounds are
+// interleaved: in each, every mode in turn, starting with another one each
+// round, opens its burst, waits for the subflows, closes the connections
+// and waits until neither namespace lists any (and the daemon has dropped
+// their objects) before the next mode. A burst of 32 connections per mode
+// before the first round warms up and is not counted. It fails if a
+// connection has not got both extra subflows 30 s after the first dial.
+//
+// It prints, per mode, the median and worst time until the last connection
+// was complete over the rounds, their ratios to the kernel's median, and
+// every round's figure; it reports the medians in ms and the daemon's
+// ratios to the kernel's. BURST300_ROUNDS sets the rounds (default 5). Run
+// it with make bench-lab.
+func BenchmarkBurst300(b *testing.B) {
+	const (
+		n       = 300
+		dialers = 32
+		timeout = 30 * time.Second
+	)
+	rounds := 5
+	if v, err := strconv.Atoi(os.Getenv("BURST300_ROUNDS")); err == nil && v > 0 {
+		rounds = v
+	}
+	// The lab servers run in this process, so both ends of a burst count
+	// against its open-file limit.
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		b.Fatalf("open-file limit: %v", err)
+	}
+	if need := uint64(2*n + 256); lim.Cur < need {
+		b.Fatalf("open-file limit %d: a burst of %d needs about %d (both ends in this process)", lim.Cur, n, need)
+	}
+
+	newMode := func(name, clientPM string) *burstMode {
+		lab := pmtest.NewLab(b, pmtest.LabOptions{Paths: 3, ClientPM: clientPM})
+		m := &burstMode{name: name, lab: lab, kev: listenKernel(b, lab.Client)}
+		m.server = lab.Server.Serve(b, netip.AddrPortFrom(lab.Server.Addrs4[0], 0))
+		return m
+	}
+	kernel := newMode("kernel", "kernel")
+	for i := 1; i <= 2; i++ {
+		kernel.lab.Client.Run(b, "ip", "mptcp", "endpoint", "add", kernel.lab.Client.Addrs4[i].String(),
+			"dev", kernel.lab.Client.Ifaces[i], "subflow")
+	}
+	modes := []*burstMode{kernel}
+	for _, policy := range []string{"subflow-per-interface", "fullmesh"} {
+		m := newMode(policy, "userspace")
+		bus := dbustest.StartBus(b, dbustest.SystemDefaults())
+		m.d = startDaemon(b, m.lab.Client, bus, "--policy", policy, "--log-level", "warn")
+		modes = append(modes, m)
+	}
+	for _, m := range modes {
+		m.burst(b, m.name+", warm-up", dialers, dialers, timeout)
+	}
+
+	for b.Loop() {
+		for r := range rounds {
+			// Each mode in turn, starting with another one each round.
+			for j := range modes {
+				m := modes[(r+j)%len(modes)]
+				opened, last := m.burst(b, fmt.Sprintf("%s, round %d", m.name, r), n, dialers, timeout)
+				m.opened, m.last = append(m.opened, opened), append(m.last, last)
+			}
+		}
+	}
+
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	median := func(d []time.Duration) time.Duration {
+		s := slices.Clone(d)
+		slices.Sort(s)
+		return s[len(s)/2]
+	}
+	var table strings.Builder
+	fmt.Fprintf(&table, "%d connections at once, %d rounds; ms from the first dial until the last connection had both extra subflows\n",
+		n, len(kernel.last))
+	fmt.Fprintf(&table, "%-22s %9s %9s %9s %10s %10s  %s\n", "mode", "open p50", "last p50", "last max",
+		"p50/kernel", "max/kernel", "last, per round")
+	for _, m := range modes {
+		p50, worst := ms(median(m.last)), ms(slices.Max(m.last))
+		var each []string
+		for _, d := range m.last {
+			each = append(each, fmt.Sprintf("%.0f", ms(d)))
+		}
+		fmt.Fprintf(&table, "%-22s %9.0f %9.0f %9.0f %10.2f %10.2f  %s\n", m.name, ms(median(m.opened)), p50, worst,
+			p50/ms(median(kernel.last)), worst/ms(slices.Max(kernel.last)), strings.Join(each, " "))
+		b.ReportMetric(p50, m.name+"-last-ms")
+		if m != kernel {
+			b.ReportMetric(p50/ms(median(kernel.last)), m.name+"-ratio-to-kernel")
+		}
+	}
+	b.Log("\n" + table.String())
+}
+
+// burst opens n connections in m's lab at once, from dialers goroutines,
+// and waits until the client's listener has seen SUB_ESTABLISHED from the
+// client's second and third path for each; it fails the benchmark when
+// some have not both within timeout of the first dial. It returns how long
+// after the first dial the last connection was open and the last one
+// complete (when the listener received the event that completed it). Then
+// it closes the connections and waits until neither namespace lists an
+// MPTCP connection and the daemon, if any, has no connection object left.
+func (m *burstMode) burst(b *testing.B, what string, n, dialers int, timeout time.Duration) (opened, last time.Duration) {
+	cli := m.lab.Client
+	extra := [2]netip.Addr{cli.Addrs4[1], cli.Addrs4[2]}
+	m.kev.mu.Lock()
+	mark := len(m.kev.evs)
+	m.kev.mu.Unlock()
+
+	conns := make([]net.Conn, n)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	errs := make(chan error, dialers)
+	t0 := time.Now()
+	for w := range dialers {
+		go func() {
+			for i := w; i < n; i += dialers {
+				c, err := cli.DialErr(netip.Addr{}, m.server)
+				if err != nil {
+					errs <- err
+					return
+				}
+				conns[i] = c
+				if _, err := c.Write([]byte("hello\n")); err != nil {
+					errs <- fmt.Errorf("write: %w", err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	var dialErr error
+	for range dialers {
+		if err := <-errs; err != nil && dialErr == nil {
+			dialErr = err
+		}
+	}
+	opened = time.Since(t0)
+	if dialErr != nil {
+		b.Fatalf("%s: %v", what, dialErr)
+	}
+
+	// The burst's connections by their first subflow's local address; their
+	// tokens as their ESTABLISHED events name them; the extra subflows seen
+	// per token, by local address.
+	ours := make(map[netip.AddrPort]bool, n)
+	for _, c := range conns {
+		ours[c.LocalAddr().(*net.TCPAddr).AddrPort()] = true
+	}
+	tokens := make(map[uint32]bool, n)
+	subs := make(map[uint32]map[netip.Addr]time.Time, n)
+	complete := 0
+	var lastAt time.Time
+	// done counts token as complete when it is the burst's and has both.
+	done := func(token uint32) {
+		if s := subs[token]; tokens[token] && len(s) == len(extra) {
+			complete++
+			for _, at := range s {
+				if at.After(lastAt) {
+					lastAt = at
+				}
+			}
+		}
+	}
+	deadline := time.NewTimer(time.Until(t0.Add(timeout)))
+	defer deadline.Stop()
+	for i := mark; complete < n; {
+		m.kev.mu.Lock()
+		evs, changed, lost := m.kev.evs, m.kev.changed, m.kev.lost
+		m.kev.mu.Unlock()
+		for ; i < len(evs); i++ {
+			ev := evs[i]
+			switch ev.Type {
+			case pm.EventEstablished:
+				if ours[netip.AddrPortFrom(ev.LocalAddr, ev.LocalPort)] && !tokens[ev.Token] {
+					tokens[ev.Token] = true
+					done(ev.Token)
+				}
+			case pm.EventSubEstablished:
+				if ev.LocalAddr != extra[0] && ev.LocalAddr != extra[1] {
+					if tokens[ev.Token] {
+						b.Fatalf("%s: a subflow from %s (token %08x)", what, ev.LocalAddr, ev.Token)
+					}
+					continue
+				}
+				s := subs[ev.Token]
+				if s == nil {
+					s = make(map[netip.Addr]time.Time, len(extra))
+					subs[ev.Token] = s
+				}
+				if _, seen := s[ev.LocalAddr]; !seen {
+					s[ev.LocalAddr] = ev.At
+					done(ev.Token)
+				}
+			}
+		}
+		if complete == n {
+			break
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			b.Fatalf("%s: %d of %d connections without both extra subflows %v after the first dial "+
+				"(%d ESTABLISHED seen; the listener lost events: %v)", what, n-complete, n, timeout, len(tokens), lost)
+		}
+	}
+	last = lastAt.Sub(t0)
+
+	for i, c := range conns {
+		c.Close()
+		conns[i] = nil
+	}
+	gone := time.Now().Add(timeout)
+	for {
+		left := len(listed(b, cli)) + len(listed(b, m.lab.Server))
+		objs := 0
+		if m.d != nil {
+			objs = len(m.d.managedObjects(b))
+		}
+		if left == 0 && objs == 0 {
+			break
+		}
+		if time.Now().After(gone) {
+			b.Fatalf("%s: %v after the close, the namespaces list %d MPTCP connections and the daemon has %d objects",
+				what, timeout, left, objs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return opened, last
+}
