@@ -465,7 +465,7 @@ func connectionInterfaces() []string {
 func (s *Server) getManagedObjects(msg dbus.Message) (map[dbus.ObjectPath]map[string]map[string]dbus.Variant, *dbus.Error) {
 	cs := s.managed()
 	if w := s.em.wire; w != nil && w.takeOwed(msgSender(msg), msg.Serial()) {
-		if err := w.reply(msgSender(msg), msg.Serial(), 1024+1024*len(cs), cs); err != nil {
+		if err := w.replyManaged(msgSender(msg), msg.Serial(), cs); err != nil {
 			s.log.Warn("dbusapi: GetManagedObjects reply", "to", msgSender(msg), "err", err)
 		}
 		return nil, nil

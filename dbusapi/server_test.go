@@ -95,6 +95,74 @@ func TestGetManagedObjectsReplies(t *testing.T) {
 	}
 }
 
+// TestGetManagedObjectsLarge: a reply written in many pieces (connections
+// of different sizes, so that their entries are padded differently) reads
+// back as the mirror's objects; one that cannot be encoded (an interface
+// name that is not UTF-8) is an error reply, not a broken stream.
+func TestGetManagedObjectsLarge(t *testing.T) {
+	bus := dbustest.StartBus(t)
+	srv, err := New(dialServer(t, bus), newFakeBackend(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	const n = 3000
+	want := make(map[dbus.ObjectPath]service.Connection, n)
+	for i := range n {
+		c := conn1
+		c.ID, c.Token = uint64(i+1), uint32(i+1)
+		c.Subflows = c.Subflows[:i%(len(c.Subflows)+1)]
+		c.State = strings.Repeat("x", i%7)
+		srv.Publish(service.ConnectionAdded{Connection: c})
+		want[ConnectionPath(c.ID)] = c
+	}
+	client := bus.Dial(t)
+	obj := client.Object(srv.conn.Names()[0], ManagerPath)
+	var objs map[dbus.ObjectPath]map[string]map[string]dbus.Variant
+	if err := obj.Call(objectManagerInterface+".GetManagedObjects", 0).Store(&objs); err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != n {
+		t.Fatalf("%d objects, want %d", len(objs), n)
+	}
+	for path, c := range want {
+		// As values: Store makes new variants of what it decoded.
+		values := func(m map[string]map[string]dbus.Variant) string {
+			return fmt.Sprint(m) // fmt sorts map keys
+		}
+		exp := throughGodbus(t, connectionObject(c)).(map[string]map[string]dbus.Variant)
+		if got := objs[path]; fmt.Sprint(valuesOf(got)) != fmt.Sprint(valuesOf(exp)) {
+			t.Fatalf("%s:\n got %v\nwant %v", path, values(got), values(exp))
+		}
+	}
+
+	bad := conn1
+	bad.ID = n + 1
+	bad.Subflows = []service.Subflow{{Interface: "eth\xff"}}
+	srv.Publish(service.ConnectionAdded{Connection: bad})
+	err = obj.Call(objectManagerInterface+".GetManagedObjects", 0).Store(&objs)
+	var derr dbus.Error
+	if !errors.As(err, &derr) || derr.Name != "org.freedesktop.DBus.Error.Failed" || !strings.Contains(fmt.Sprint(derr.Body...), "UTF-8") {
+		t.Fatalf("with an interface name that is not UTF-8: %v, want Failed saying why", err)
+	}
+	if err := obj.Call("org.freedesktop.DBus.Peer.Ping", 0).Err; err != nil {
+		t.Fatalf("the connection after the refused reply: %v", err)
+	}
+}
+
+// valuesOf returns the values of an object's properties, without their
+// variants' signatures.
+func valuesOf(m map[string]map[string]dbus.Variant) map[string]map[string]any {
+	out := make(map[string]map[string]any, len(m))
+	for iface, props := range m {
+		out[iface] = make(map[string]any, len(props))
+		for k, v := range props {
+			out[iface][k] = v.Value()
+		}
+	}
+	return out
+}
+
 // BenchmarkGetManagedObjects10000 measures a GetManagedObjects round trip
 // at 10,000 connections as a godbus client sees it (call-ms, its decoding
 // and conversion included), the server's part (server-ms: the mirror's

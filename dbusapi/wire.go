@@ -77,8 +77,27 @@ func appendMessage(b []byte, h header, args ...any) ([]byte, error) {
 		return b, fmt.Errorf("dbusapi: wire: signature of %d characters", len(sig))
 	}
 	e := encoder{b: b, base: len(b)}
+	e.header(h, sig)
+	body := len(e.b)
+	for _, a := range args {
+		e.value(a)
+	}
+	if e.err == nil && len(e.b)-e.base > maxMessageBytes {
+		e.err = fmt.Errorf("dbusapi: wire: a message of %d bytes", len(e.b)-e.base)
+	}
+	if e.err != nil {
+		return b[:e.base], e.err
+	}
+	binary.LittleEndian.PutUint32(e.b[e.base+4:], uint32(len(e.b)-body))
+	return e.b, nil
+}
+
+// header appends a message's header with signature sig and a body
+// length of 0, which the caller sets (setBodyLength), and the padding to
+// the body.
+func (e *encoder) header(h header, sig []byte) {
 	e.b = append(e.b, 'l', byte(h.typ), byte(h.flags), 1)
-	e.b = binary.LittleEndian.AppendUint32(e.b, 0) // body length, below
+	e.b = binary.LittleEndian.AppendUint32(e.b, 0) // body length
 	e.b = binary.LittleEndian.AppendUint32(e.b, h.serial)
 	at, start := e.beginArray(8)
 	if h.path != "" {
@@ -111,18 +130,6 @@ func appendMessage(b []byte, h header, args ...any) ([]byte, error) {
 	}
 	e.endArray(at, start)
 	e.align(8)
-	body := len(e.b)
-	for _, a := range args {
-		e.value(a)
-	}
-	if e.err == nil && len(e.b)-e.base > maxMessageBytes {
-		e.err = fmt.Errorf("dbusapi: wire: a message of %d bytes", len(e.b)-e.base)
-	}
-	if e.err != nil {
-		return b[:e.base], e.err
-	}
-	binary.LittleEndian.PutUint32(e.b[e.base+4:], uint32(len(e.b)-body))
-	return e.b, nil
 }
 
 // encoder appends D-Bus values to b. The first error sticks.
@@ -581,11 +588,19 @@ func (e *encoder) managedObjects(cs managedObjects) {
 	var path []byte
 	for i := range cs {
 		e.align(8)
-		path = strconv.AppendUint(append(path[:0], ConnectionsPath+"/"...), cs[i].ID, 10)
-		e.u32(uint32(len(path)))
-		e.b = append(e.b, path...)
-		e.b = append(e.b, 0)
-		e.connObject(&cs[i])
+		path = e.managedEntry(&cs[i], path)
 	}
 	e.endArray(at, start)
+}
+
+// managedEntry appends the dict entry {oa{sa{sv}}} of c, which starts at
+// an 8-aligned offset, so that its bytes do not depend on where. scratch
+// is for the path; managedEntry returns it for reuse.
+func (e *encoder) managedEntry(c *service.Connection, scratch []byte) []byte {
+	scratch = strconv.AppendUint(append(scratch[:0], ConnectionsPath+"/"...), c.ID, 10)
+	e.u32(uint32(len(scratch)))
+	e.b = append(e.b, scratch...)
+	e.b = append(e.b, 0)
+	e.connObject(c)
+	return scratch
 }

@@ -292,3 +292,10 @@ func TestVariantOf(t *testing.T) {
 		}
 	}
 }
+
+// throughGodbus returns v as a godbus client reads it: encoded and decoded
+// by godbus.
+func throughGodbus(t *testing.T, v any) any {
+	t.Helper()
+	return godbusMessage(t, header{typ: dbus.TypeSignal, serial: 1, path: "/a", iface: "org.example.T", member: "M"}, []any{v}).Body[0]
+}

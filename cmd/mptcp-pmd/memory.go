@@ -23,7 +23,7 @@ import (
 // daemon's CPU per event in make bench-lab); it waits for the first
 // interval with less than trimThreshold allocated.
 const (
-	trimInterval  = 10 * time.Second
+	trimInterval  = 2 * time.Second
 	trimThreshold = 1 << 20
 )
 
