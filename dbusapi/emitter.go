@@ -154,8 +154,17 @@ func (e *emitter) run() {
 		case <-e.wake:
 		}
 		e.mu.Lock()
+		if cap(batch) > shrinkAbove {
+			batch = nil // a burst's queue: do not keep it
+		}
 		batch, e.queue = e.queue, batch[:0]
-		clear(e.waiting) // what waited is being sent: later changes queue anew
+		// What waited is being sent: later changes queue anew. Maps keep
+		// their size after a clear: after a burst, a new one.
+		if len(e.waiting) > shrinkAbove {
+			e.waiting = make(map[propKey]*outgoing)
+		} else {
+			clear(e.waiting)
+		}
 		e.events = 0
 		e.mu.Unlock()
 		for i, o := range batch {
@@ -170,6 +179,10 @@ func (e *emitter) run() {
 		e.write()
 	}
 }
+
+// shrinkAbove is the number of entries above which run drops the queue's
+// slice and map once they are empty, rather than keep a burst's size.
+const shrinkAbove = 1024
 
 // writeBatch is how many bytes of encoded signals run writes at once at
 // most.

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -17,6 +21,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/godbus/dbus/v5"
+
+	"github.com/mptcp-pmd/mptcp-pmd/dbusapi"
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/diag"
@@ -290,7 +297,10 @@ func cpuTime(b *testing.B, pid int) time.Duration {
 // how often the daemon lost kernel events (its event socket overflowed,
 // and it repaired from sock_diag), and the daemon's anonymous memory per
 // live connection (right after the burst, and once the daemon returned its
-// unused heap) and above idle after they closed (12 s and a minute). Run it with make bench-lab.
+// unused heap) and above idle after they closed (trimInterval+2 s and a
+// minute), and GetManagedObjects at the peak from a godbus client and from
+// a client that reads the reply without decoding it (rawManagedObjects).
+// Run it with make bench-lab.
 func BenchmarkBurst(b *testing.B) {
 	n := 10000
 	if v, err := strconv.Atoi(os.Getenv("BURST_CONNS")); err == nil && v > 0 {
@@ -380,7 +390,19 @@ func BenchmarkBurst(b *testing.B) {
 			gmo = append(gmo, time.Since(t))
 		}
 		_, _, listedAnon := procMem(b, d.pid())
-		b.Logf("GetManagedObjects at %d connections: %v; anonymous memory %.0f kB more after the three", n, gmo, listedAnon-openAnon)
+		b.Logf("GetManagedObjects at %d connections, a godbus client: %v; anonymous memory %.0f kB more after the three", n, gmo, listedAnon-openAnon)
+		// A client that reads the reply without decoding it: the daemon
+		// and the bus.
+		var raw []time.Duration
+		var size int
+		for range 3 {
+			t, sz := rawManagedObjects(b, bus.Address())
+			raw, size = append(raw, t), sz
+		}
+		_, _, rawAnon := procMem(b, d.pid())
+		b.Logf("GetManagedObjects at %d connections, read without decoding: %v, %d bytes; anonymous memory %.0f kB more after the three",
+			n, raw, size, rawAnon-listedAnon)
+		b.ReportMetric(float64(slices.Max(raw).Microseconds())/1000, "GetManagedObjects-raw-max-ms")
 		for _, c := range conns {
 			c.(*net.TCPConn).SetLinger(0) // reset: the server holds its ends open
 			c.Close()
@@ -662,4 +684,106 @@ func (m *burstMode) burst(b *testing.B, what string, n, dialers int, timeout tim
 		time.Sleep(20 * time.Millisecond)
 	}
 	return opened, last
+}
+
+// rawManagedObjects calls GetManagedObjects of the daemon on the bus at
+// address as a client that only reads the reply: it returns the time from
+// sending the call to the reply's last byte, and the reply's size. It
+// measures the daemon and the bus, not a client library's decoding (a
+// godbus client spends most of its time there at 10,000 connections).
+func rawManagedObjects(tb testing.TB, address string) (time.Duration, int) {
+	tb.Helper()
+	path, ok := strings.CutPrefix(address, "unix:path=")
+	if !ok {
+		tb.Fatalf("bus address %q: not unix:path=", address)
+	}
+	path, _, _ = strings.Cut(path, ",")
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReaderSize(c, 1<<16)
+	uid := strconv.Itoa(os.Getuid())
+	if _, err := fmt.Fprintf(c, "\x00AUTH EXTERNAL %x\r\n", uid); err != nil {
+		tb.Fatal(err)
+	}
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "OK") {
+		tb.Fatalf("auth: %q, %v", line, err)
+	}
+	if _, err := io.WriteString(c, "BEGIN\r\n"); err != nil {
+		tb.Fatal(err)
+	}
+	call := func(serial uint32, dest string, path dbus.ObjectPath, iface, member string) {
+		m := &dbus.Message{Type: dbus.TypeMethodCall, Headers: map[dbus.HeaderField]dbus.Variant{
+			dbus.FieldDestination: dbus.MakeVariant(dest), dbus.FieldPath: dbus.MakeVariant(path),
+			dbus.FieldInterface: dbus.MakeVariant(iface), dbus.FieldMember: dbus.MakeVariant(member)}}
+		var buf bytes.Buffer
+		if err := m.EncodeTo(&buf, binary.LittleEndian); err != nil {
+			tb.Fatal(err)
+		}
+		b := buf.Bytes()
+		binary.LittleEndian.PutUint32(b[8:], serial) // godbus sets serials only on its connections
+		if _, err := c.Write(b); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	// reply reads messages until the method return or error to serial, and
+	// returns its size.
+	reply := func(serial uint32) int {
+		for {
+			var fixed [16]byte
+			if _, err := io.ReadFull(r, fixed[:]); err != nil {
+				tb.Fatal(err)
+			}
+			if fixed[0] != 'l' {
+				tb.Fatalf("a big-endian message from the bus")
+			}
+			body := binary.LittleEndian.Uint32(fixed[4:])
+			fields := binary.LittleEndian.Uint32(fixed[12:])
+			rest := make([]byte, (fields+7)&^7+body)
+			if _, err := io.ReadFull(r, rest); err != nil {
+				tb.Fatal(err)
+			}
+			if typ := fixed[1]; (typ == 2 || typ == 3) && replySerial(rest[:fields]) == serial {
+				if typ == 3 {
+					tb.Fatalf("call %d: an error reply", serial)
+				}
+				return 16 + len(rest)
+			}
+		}
+	}
+	call(1, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "Hello")
+	reply(1)
+	t0 := time.Now()
+	call(2, dbusapi.BusName, dbusapi.ManagerPath, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects")
+	n := reply(2)
+	return time.Since(t0), n
+}
+
+// replySerial returns the REPLY_SERIAL of a message's header fields (the
+// array's bytes, which start 8-aligned in the message at offset 16), or 0.
+func replySerial(f []byte) uint32 {
+	for i := 0; i+4 <= len(f); {
+		i = (i + 7) &^ 7 // each field is a struct
+		code, siglen := f[i], int(f[i+1])
+		sig := string(f[i+2 : i+2+siglen])
+		i += 2 + siglen + 1
+		switch sig {
+		case "u":
+			i = (i + 3) &^ 3
+			if code == 5 {
+				return binary.LittleEndian.Uint32(f[i:])
+			}
+			i += 4
+		case "s", "o":
+			i = (i + 3) &^ 3
+			i += 4 + int(binary.LittleEndian.Uint32(f[i:])) + 1
+		case "g":
+			i += 1 + int(f[i]) + 1
+		default:
+			return 0
+		}
+	}
+	return 0
 }
