@@ -42,6 +42,7 @@ type labMode struct {
 	both   []time.Duration // ESTABLISHED -> the second
 	pid    int             // the path manager's process, 0 for none
 	cpu    time.Duration   // its CPU time over the run
+	runs   int             // the times its threads were scheduled in over the run
 	events int             // the kernel's events in the namespace over the run
 }
 
@@ -62,7 +63,8 @@ type labMode struct {
 // ESTABLISHED to the first and to both extra SUB_ESTABLISHED, in µs, and
 // as ratios to the floor and to the kernel; and for the daemons, their CPU
 // time per kernel event of their namespace (all their threads' run time,
-// from /proc), also as a ratio to mptcpd's. LAB_CONNS sets the
+// from /proc), also as a ratio to mptcpd's, and their threads' times
+// scheduled in per event. LAB_CONNS sets the
 // connections per mode (default 200). Run it with make bench-lab.
 func BenchmarkLab(b *testing.B) {
 	conns := 200
@@ -115,7 +117,8 @@ func BenchmarkLab(b *testing.B) {
 	}
 
 	for _, m := range modes {
-		m.cpu, m.events = -cpuTime(b, m.pid), -len(m.kev.events())
+		cpu, runs := cpuTime(b, m.pid)
+		m.cpu, m.runs, m.events = -cpu, -runs, -len(m.kev.events())
 	}
 	for b.Loop() {
 		for i := range conns {
@@ -130,7 +133,8 @@ func BenchmarkLab(b *testing.B) {
 	}
 
 	for _, m := range modes {
-		m.cpu, m.events = m.cpu+cpuTime(b, m.pid), m.events+len(m.kev.events())
+		cpu, runs := cpuTime(b, m.pid)
+		m.cpu, m.runs, m.events = m.cpu+cpu, m.runs+runs, m.events+len(m.kev.events())
 	}
 	q := func(d []time.Duration, p float64) float64 {
 		s := slices.Clone(d)
@@ -149,7 +153,7 @@ func BenchmarkLab(b *testing.B) {
 		b.ReportMetric(f50, unit+"-first-p50-µs")
 		b.ReportMetric(b50, unit+"-both-p50-µs")
 	}
-	fmt.Fprintf(&table, "\n%-22s %9s %12s %14s\n", "daemon", "events", "CPU/event µs", "ratio to mptcpd")
+	fmt.Fprintf(&table, "\n%-22s %9s %12s %14s %12s\n", "daemon", "events", "CPU/event µs", "ratio to mptcpd", "runs/event")
 	for _, m := range modes {
 		if m.pid == 0 {
 			continue
@@ -159,7 +163,7 @@ func BenchmarkLab(b *testing.B) {
 		if mptcpd != nil {
 			ratio = fmt.Sprintf("%.2f", per/(us(mptcpd.cpu)/float64(mptcpd.events)))
 		}
-		fmt.Fprintf(&table, "%-22s %9d %12.1f %14s\n", m.name, m.events, per, ratio)
+		fmt.Fprintf(&table, "%-22s %9d %12.1f %14s %12.2f\n", m.name, m.events, per, ratio, float64(m.runs)/float64(m.events))
 		b.ReportMetric(per, strings.ReplaceAll(m.name, " ", "-")+"-cpu-per-event-µs")
 	}
 	b.Log("\n" + table.String())
@@ -267,26 +271,32 @@ func startMptcpd(b *testing.B, h *pmtest.Host) int {
 }
 
 // cpuTime returns the CPU time process pid has used so far, all its
-// threads together (/proc/PID/task/*/schedstat), or 0 for pid 0.
-func cpuTime(b *testing.B, pid int) time.Duration {
+// threads together (/proc/PID/task/*/schedstat), and how many times they
+// were scheduled in (each a wake-up or a preemption, which cost much on a
+// virtual machine); 0 for pid 0.
+func cpuTime(b *testing.B, pid int) (time.Duration, int) {
 	if pid == 0 {
-		return 0
+		return 0, 0
 	}
 	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
 	if err != nil || len(files) == 0 {
 		b.Fatalf("CPU time of %d: %v", pid, err)
 	}
 	var total time.Duration
+	var runs int
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			continue // the thread ended
 		}
-		var ns int64
-		fmt.Sscan(string(data), &ns)
+		// Time on the CPU (ns), time waiting for it, times scheduled in.
+		var ns, wait int64
+		var n int
+		fmt.Sscan(string(data), &ns, &wait, &n)
 		total += time.Duration(ns)
+		runs += n
 	}
-	return total
+	return total, runs
 }
 
 // BenchmarkBurst opens BURST_CONNS connections (default 10,000) as fast as
