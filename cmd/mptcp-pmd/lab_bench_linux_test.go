@@ -50,7 +50,9 @@ type labMode struct {
 // under each way of managing paths, interleaved connection by connection
 // in one run, so that every mode sees the same machine: the kernel's
 // in-kernel path manager with subflow endpoints made by hand ("kernel"),
-// mptcp-pmd's endpoints, subflow-per-interface and fullmesh policies, and
+// the same with ip mptcp monitor listening to the events and doing nothing
+// ("kernel+monitor": the cost of any listener to the kernel's path
+// manager, and the least CPU per event of a process), mptcp-pmd's endpoints, subflow-per-interface and fullmesh policies, and
 // the floor of any userspace path manager ("floor": one goroutine that
 // reads the events and sends SUBFLOW_CREATE, no D-Bus, no state), and,
 // where Debian's mptcpd and mptcpd-plugins are installed, mptcpd with its
@@ -83,7 +85,17 @@ func BenchmarkLab(b *testing.B) {
 	for i, a := range kernel.lab.Client.Addrs4 {
 		kernel.lab.Client.Run(b, "ip", "mptcp", "endpoint", "add", a.String(), "dev", kernel.lab.Client.Ifaces[i], "subflow")
 	}
-	modes := []*labMode{kernel}
+	// The same with a listener that does nothing with the events (ip mptcp
+	// monitor): what any program that follows the connections costs the
+	// kernel's path manager (the kernel wakes every listener in the
+	// context of the event), and the CPU per event of the least a
+	// listening process does.
+	monitored := newMode("kernel+monitor", "kernel")
+	for i, a := range monitored.lab.Client.Addrs4 {
+		monitored.lab.Client.Run(b, "ip", "mptcp", "endpoint", "add", a.String(), "dev", monitored.lab.Client.Ifaces[i], "subflow")
+	}
+	monitored.pid = startMonitor(b, monitored.lab.Client)
+	modes := []*labMode{kernel, monitored}
 	for _, p := range []struct{ policy, pm string }{
 		{"endpoints", "kernel"}, {"subflow-per-interface", "userspace"}, {"fullmesh", "userspace"},
 	} {
@@ -266,6 +278,20 @@ func startMptcpd(b *testing.B, h *pmtest.Host) int {
 		if b.Failed() {
 			b.Logf("mptcpd:\n%s", out.String())
 		}
+	})
+	return cmd.Process.Pid
+}
+
+// startMonitor runs ip mptcp monitor in h, its output discarded, until the
+// benchmark ends, and returns its pid.
+func startMonitor(b *testing.B, h *pmtest.Host) int {
+	cmd := exec.Command("ip", "-n", h.Name, "mptcp", "monitor")
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("ip mptcp monitor: %v", err)
+	}
+	b.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
 	})
 	return cmd.Process.Pid
 }
