@@ -157,20 +157,37 @@ func (w *wireConn) takeOwed(sender string, serial uint32) bool {
 	return ok
 }
 
-// write writes whole messages. It holds the socket's write lock until
-// every byte is written (RawConn.Write, like Conn.Write), waiting for the
-// socket to take more when it is full. The write itself is a raw system
-// call with MSG_DONTWAIT: it never blocks, and a Syscall would wake the
-// Go runtime's monitor thread at each burst of signals.
+// write writes whole messages (writeStream).
 func (w *wireConn) write(b []byte) error {
+	return w.writeStream(func() []byte {
+		p := b
+		b = nil
+		return p
+	})
+}
+
+// writeStream writes the pieces next returns, in order, until it returns
+// nil, under one hold of the socket's write lock (RawConn.Write, like
+// Conn.Write, holds it until the callback is done), so that they never
+// interleave with godbus's messages; it waits for the socket to take more
+// when it is full. The writes are raw system calls with MSG_DONTWAIT: they
+// never block, and a Syscall would wake the Go runtime's monitor thread
+// at each burst of signals.
+func (w *wireConn) writeStream(next func() []byte) error {
 	var errno syscall.Errno
+	var pend []byte
 	err := w.raw.Write(func(fd uintptr) bool {
-		for len(b) > 0 {
-			n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+		for {
+			for len(pend) == 0 {
+				if pend = next(); pend == nil {
+					return true
+				}
+			}
+			n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&pend[0])), uintptr(len(pend)),
 				syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL, 0, 0)
 			switch e {
 			case 0:
-				b = b[n:]
+				pend = pend[n:]
 			case syscall.EINTR:
 			case syscall.EAGAIN:
 				return false
@@ -179,7 +196,6 @@ func (w *wireConn) write(b []byte) error {
 				return true
 			}
 		}
-		return true
 	})
 	if err == nil && errno != 0 {
 		err = os.NewSyscallError("sendto", errno)
@@ -234,43 +250,26 @@ func (w *wireConn) replyManaged(sender string, serial uint32, cs managedObjects)
 	e.align(8)
 	binary.LittleEndian.PutUint32(e.b[4:], uint32(len(e.b)-bodyAt+n))
 
-	pend := e.b // encoded, not yet sent
-	off := 0    // the message's bytes before e.b
-	next := 0   // the next connection to encode
-	var errno syscall.Errno
-	err := w.raw.Write(func(fd uintptr) bool {
-		for {
-			for len(pend) == 0 {
-				if next == len(cs) {
-					return true
-				}
-				off += len(e.b)
-				e.b, e.base = e.b[:0], -(off & 7) // aligned as in the message
-				for next < len(cs) && len(e.b) < writeBatch {
-					e.align(8)
-					path = e.managedEntry(&cs[next], path)
-					next++
-				}
-				pend = e.b
-			}
-			sent, _, en := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&pend[0])), uintptr(len(pend)),
-				syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL, 0, 0)
-			switch en {
-			case 0:
-				pend = pend[sent:]
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = en
-				return true
-			}
+	header := true
+	off := 0  // the message's bytes before e.b
+	next := 0 // the next connection to encode
+	return w.writeStream(func() []byte {
+		if header {
+			header = false
+			return e.b
 		}
+		if next == len(cs) {
+			return nil
+		}
+		off += len(e.b)
+		e.b, e.base = e.b[:0], -(off & 7) // aligned as in the message
+		for next < len(cs) && len(e.b) < writeBatch {
+			e.align(8)
+			path = e.managedEntry(&cs[next], path)
+			next++
+		}
+		return e.b
 	})
-	if err == nil && errno != 0 {
-		err = os.NewSyscallError("sendto", errno)
-	}
-	return err
 }
 
 // serials is the connection's one sequence of message serials, for godbus
