@@ -37,9 +37,9 @@ type NetEvent struct {
 // Link is a network interface.
 type Link struct {
 	Index    int
-	Name     string
-	Up       bool // administratively up
-	Carrier  bool // lower layer up
+	Name     string // valid UTF-8 (the daemon replaces other bytes: D-Bus carries only UTF-8)
+	Up       bool   // administratively up
+	Carrier  bool   // lower layer up
 	Loopback bool
 }
 

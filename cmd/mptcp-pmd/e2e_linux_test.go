@@ -629,3 +629,35 @@ func TestGioExample(t *testing.T) {
 		t.Errorf("connections-gio.py printed\n%s\nwant\n%s", out, strings.Join(want, "\n"))
 	}
 }
+
+// TestInterfaceNameNotUTF8: Linux allows an interface name of bytes that
+// are not UTF-8, which D-Bus cannot carry. The daemon shows such a name
+// with U+FFFD: LocalAddresses, the subflows it makes from that interface,
+// and GetManagedObjects all work.
+func TestInterfaceNameNotUTF8(t *testing.T) {
+	s := newSetup(t, pmtest.LabOptions{ClientPM: "userspace", Paths: 2})
+	cli := s.lab.Client
+	raw := "c\xff1"
+	cli.Run(t, "ip", "link", "set", "dev", cli.Ifaces[1], "down")
+	cli.Run(t, "ip", "link", "set", "dev", cli.Ifaces[1], "name", raw)
+	cli.Run(t, "ip", "link", "set", "dev", raw, "up")
+	shown := "c\uFFFD1"
+	d := startDaemon(t, cli, s.bus, "--policy", "subflow-per-interface")
+
+	eventually(t, 5*time.Second, "LocalAddresses with "+shown, func() bool {
+		v, err := d.obj(dbusapi.ManagerPath).GetProperty(dbusapi.ManagerInterface + ".LocalAddresses")
+		return err == nil && strings.Contains(fmt.Sprint(v.Value()), shown)
+	})
+	server := s.lab.Server.Serve(t, netip.AddrPortFrom(s.lab.Server.Addrs4[0], 0))
+	c := dial(t, cli, cli.Addrs4[0], server)
+	local := addrPort(t, c.LocalAddr())
+	obj := addedConn(t, s.rec, 0, "the connection", func(c connObject) bool { return c.LocalPort == local.Port() })
+	eventually(t, 5*time.Second, "a subflow from "+shown, func() bool {
+		for _, sf := range d.managedObjects(t)[obj.Path].Subflows {
+			if sf.Interface == shown && sf.LocalAddress == cli.Addrs4[1].String() {
+				return true
+			}
+		}
+		return false
+	})
+}

@@ -463,12 +463,20 @@ func readEvents(l *pmnl.EventListener, out chan<- pm.Event, svc *service.Service
 	}
 }
 
+// linkName returns an interface name as the daemon shows it: Linux allows
+// any bytes but '/', ':', NUL and white space in a name, and D-Bus carries
+// only UTF-8 (a message with other bytes is refused, and the bus drops
+// its sender), so bytes that are not UTF-8 become U+FFFD. Endpoints and
+// commands use the interface's index, never its name.
+func linkName(name string) string { return strings.ToValidUTF8(name, "\uFFFD") }
+
 // adaptNet turns the network monitor's updates into the service's events.
+// Link names become valid UTF-8 (linkName).
 func adaptNet(in <-chan netmon.Update, out chan<- service.NetEvent) {
 	defer close(out)
 	for u := range in {
 		ev := service.NetEvent{Link: service.Link{
-			Index: u.Link.Index, Name: u.Link.Name, Up: u.Link.Up, Carrier: u.Link.Carrier, Loopback: u.Link.Loopback,
+			Index: u.Link.Index, Name: linkName(u.Link.Name), Up: u.Link.Up, Carrier: u.Link.Carrier, Loopback: u.Link.Loopback,
 		}}
 		switch u.Kind {
 		case netmon.LinkChanged:
