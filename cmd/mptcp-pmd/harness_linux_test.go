@@ -237,12 +237,13 @@ func launchDaemon(tb testing.TB, h *pmtest.Host, bus *dbustest.Bus, spec daemonS
 	})
 	deadline := time.Now().Add(nameTimeout)
 	for {
-		var has bool
-		err := d.conn.BusObject().Call("org.freedesktop.DBus.NameHasOwner", 0, dbusapi.BusName).Store(&has)
-		if err != nil {
-			tb.Fatalf("NameHasOwner: %v", err)
-		}
-		if has {
+		// This daemon owns the name, not one that is going (the bus
+		// releases a name a moment after its owner exits).
+		var owner string
+		var pid uint32
+		if d.conn.BusObject().Call("org.freedesktop.DBus.GetNameOwner", 0, dbusapi.BusName).Store(&owner) == nil &&
+			d.conn.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixProcessID", 0, owner).Store(&pid) == nil &&
+			int(pid) == d.pid() {
 			return d
 		}
 		select {

@@ -356,7 +356,10 @@ func (d *pmd) serve(ctx context.Context, stop func(), hup <-chan os.Signal) erro
 	}
 	if err := d.srv.RequestName(ctx); err != nil {
 		stop()
-		<-runErr
+		runFailed := <-runErr
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			return runFailed // asked to stop while it asked for the name: a clean stop
+		}
 		return err
 	}
 	// The name is owned and the loop answers (it has read the kernel's
