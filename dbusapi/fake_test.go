@@ -311,6 +311,7 @@ var (
 		},
 		Limits:         service.Limits{Subflows: 8, AddAddrAccepted: 4},
 		LocalAddresses: []service.LocalAddress{{Interface: "c0", Address: netip.MustParseAddr("10.55.0.1")}},
+		Warnings:       []string{"strict reverse-path filtering (rp_filter 1) on c0"},
 	}
 )
 
@@ -343,6 +344,7 @@ var (
 		"Limits":         []any{uint32(8), uint32(4)},
 		"LocalAddresses": [][]any{{"c0", "10.55.0.1"}},
 		"SignalsDropped": uint64(0),
+		"Warnings":       []string{"strict reverse-path filtering (rp_filter 1) on c0"},
 	}
 )
 

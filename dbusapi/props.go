@@ -61,6 +61,7 @@ func managerProps(m service.Manager) map[string]dbus.Variant {
 		"Endpoints":         variantOf(eps),
 		"Limits":            variantOf(limitsWire{m.Limits.Subflows, m.Limits.AddAddrAccepted}),
 		"LocalAddresses":    variantOf(las),
+		"Warnings":          variantOf(nonNil(m.Warnings)),
 	}
 }
 
@@ -160,4 +161,13 @@ func pick(props map[string]dbus.Variant, names []string) map[string]dbus.Variant
 		}
 	}
 	return out
+}
+
+// nonNil returns s, or an empty slice for nil (both are an empty array on
+// the wire; the encoders want a value).
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }

@@ -32,7 +32,7 @@ var contract = map[string]struct {
 		properties: map[string]string{
 			"Version": "s", "ControlMode": "s", "Controller": "s", "Policy": "s",
 			"KernelPathManager": "s", "Endpoints": "a(ysqasss)", "Limits": "(uu)",
-			"LocalAddresses": "a(ss)", "SignalsDropped": "t",
+			"LocalAddresses": "a(ss)", "SignalsDropped": "t", "Warnings": "as",
 		},
 	},
 	Connection: {

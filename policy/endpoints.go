@@ -28,8 +28,11 @@ func init() { Register(NameEndpoints, func() Policy { return endpoints{} }) }
 //   - otherwise the address is added, while the kernel has room
 //     (MaxEndpoints).
 //
-// Owned endpoints whose address is not usable, and second owned endpoints
-// of one address, are removed. Actions come as removals (by address and
+// An External address (another program, such as NetworkManager, writes the
+// endpoints of its interface) is left alone: nothing is added, changed or
+// removed for it, owned endpoints included. Other owned endpoints whose
+// address is not usable, and second owned endpoints of one address, are
+// removed. Actions come as removals (by address and
 // id), then flag changes, then adds (both by interface and address).
 type endpoints struct{}
 
@@ -56,7 +59,9 @@ func (endpoints) Endpoints(v View) []Action {
 		if !e.Owned() {
 			continue
 		}
-		if _, ok := lookup(addrs, e.Addr); !ok {
+		if a, ok := lookup(addrs, e.Addr); ok && a.External {
+			continue
+		} else if !ok {
 			removes = append(removes, Action{Kind: RemoveEndpoint, Endpoint: e, Reason: "the address is not usable any more"})
 		} else if ownedDuplicate(v.Endpoints, i) {
 			removes = append(removes, Action{Kind: RemoveEndpoint, Endpoint: e, Reason: "another endpoint has the address"})
@@ -69,7 +74,7 @@ func (endpoints) Endpoints(v View) []Action {
 	owned := make([]int, len(addrs))
 	for i, a := range addrs {
 		decisions[i], owned[i] = keep, -1
-		if !firstOf(addrs, i) {
+		if !firstOf(addrs, i) || a.External {
 			continue
 		}
 		j, foreign, implicit := endpointsOf(v.Endpoints, a)

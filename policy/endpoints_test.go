@@ -18,6 +18,10 @@ func ep(id uint8, a Address) Endpoint {
 	}
 }
 
+// external marks a as on an interface whose endpoints another program
+// writes.
+func external(a Address) Address { a.External = true; return a }
+
 func addEP(a Address) Action     { return Action{Kind: AddEndpoint, Endpoint: ep(0, a)} }
 func removeEP(e Endpoint) Action { return Action{Kind: RemoveEndpoint, Endpoint: e} }
 
@@ -56,6 +60,10 @@ func TestEndpoints(t *testing.T) {
 		want []Action
 	}{
 		{"nothing usable", View{}, nil},
+		{"another program's interface: nothing added, owned kept as it is", View{
+			Addresses: []Address{c0v4, external(c1v4), external(with(c2v4, pm.FlagSubflow|pm.FlagBackup))},
+			Endpoints: []Endpoint{ep(1, c0v4), ep(2, c2v4)},
+		}, nil},
 		{"nothing to do", View{Addresses: []Address{c0v4, c1v4}, Endpoints: []Endpoint{ep(1, c0v4), ep(2, c1v4)}}, nil},
 		{"new addresses", View{Addresses: []Address{c0v4, c0v6, c1v4}, Endpoints: []Endpoint{ep(1, c0v4)}},
 			[]Action{addEP(c0v6), addEP(c1v4)}},

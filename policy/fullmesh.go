@@ -24,8 +24,9 @@ func init() { Register(NameFullmesh, func() Policy { return fullmesh{} }) }
 // v.SubflowLimit extra subflows are created, pairs taken in the order of
 // local interface and address, then remote address and port. Subflows other
 // than the initial one whose local address is no longer usable are destroyed
-// (pending ones are left to fail). Actions come as destructions, then
-// creations.
+// (pending ones are left to fail), and the backup flag of every established
+// subflow follows its local address's flags (followBackup). Actions come as
+// destructions, then flag changes, then creations.
 type fullmesh struct{}
 
 func (fullmesh) Name() string            { return NameFullmesh }
@@ -38,6 +39,7 @@ func (fullmesh) Connection(v View, c Connection) []Action {
 	}
 	addrs := sortedAddresses(v.Addresses)
 	out, extra := staleSubflows(nil, addrs, &c)
+	out = followBackup(out, addrs, &c)
 	left := room(v.SubflowLimit, extra)
 	for i, a := range addrs {
 		if left == 0 {

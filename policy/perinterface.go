@@ -30,9 +30,11 @@ func init() { Register(NameSubflowPerInterface, func() Policy { return perInterf
 // withdraws the announcements whose address is no longer usable.
 //
 // On both sides, subflows other than the initial one whose local address is
-// no longer usable are destroyed (pending ones are left to fail). Subflows
-// the policy would not have made are otherwise left alone. Actions come as
-// destructions, then creations, sorted by interface and address.
+// no longer usable are destroyed (pending ones are left to fail), and the
+// backup flag of every established subflow follows its local address's
+// flags (followBackup). Subflows the policy would not have made are
+// otherwise left alone. Actions come as destructions, then flag changes,
+// then creations, sorted by interface and address.
 type perInterface struct{}
 
 func (perInterface) Name() string            { return NameSubflowPerInterface }
@@ -45,9 +47,10 @@ func (perInterface) Connection(v View, c Connection) []Action {
 	}
 	addrs := sortedAddresses(v.Addresses)
 	if c.ServerSide {
-		return announceOthers(addrs, &c)
+		return followBackup(announceOthers(addrs, &c), addrs, &c)
 	}
 	out, extra := staleSubflows(nil, addrs, &c)
+	out = followBackup(out, addrs, &c)
 	left := room(v.SubflowLimit, extra)
 
 	initialIf := initialInterface(addrs, &c)

@@ -32,6 +32,11 @@ type Address struct {
 	// such as subflow or subflow,backup. The userspace policies read
 	// pm.FlagBackup from them.
 	Flags pm.Flags
+	// External: another program writes the in-kernel endpoints of this
+	// interface (NetworkManager, for the devices whose profile enables
+	// MPTCP). The endpoints policy adds, changes and removes none there;
+	// the userspace policies use the address as any other.
+	External bool
 }
 
 // Origin says who made an in-kernel endpoint.
@@ -43,7 +48,14 @@ const (
 	OriginAdmin      Origin = "admin"      // made by a privileged caller over the API
 	OriginController Origin = "controller" // made by the registered controller
 	OriginExternal   Origin = "external"   // found in the kernel, made by someone else
+	// OriginNetworkManager: found in the kernel on an interface whose
+	// endpoints NetworkManager writes (its device's profile enables MPTCP).
+	OriginNetworkManager Origin = "networkmanager"
 )
+
+// Foreign reports whether someone other than the daemon made the endpoint
+// (external or NetworkManager).
+func (o Origin) Foreign() bool { return o == OriginExternal || o == OriginNetworkManager }
 
 // Endpoint is an in-kernel path-manager endpoint as the daemon knows it:
 // the kernel's address (id, address, port, flags and the ifindex it is
@@ -119,6 +131,7 @@ const (
 	DestroySubflow                   // SUBFLOW_DESTROY Local:LocalPort -> Remote on Token
 	Announce                         // ANNOUNCE Local:LocalPort on Token (ID 0: the service picks)
 	Withdraw                         // REMOVE the announcement ID (of Local) on Token
+	SetSubflowBackup                 // set the backup flag of subflow Local:LocalPort -> Remote on Token to Backup (MP_PRIO)
 )
 
 var kindNames = [...]string{
@@ -129,6 +142,7 @@ var kindNames = [...]string{
 	DestroySubflow:   "destroy-subflow",
 	Announce:         "announce",
 	Withdraw:         "withdraw",
+	SetSubflowBackup: "set-subflow-backup",
 }
 
 // String returns the kind's name, as "create-subflow", or "Kind(n)".
@@ -166,7 +180,7 @@ func (a Action) String() string {
 	case AddEndpoint, RemoveEndpoint, SetEndpointFlags:
 		e := a.Endpoint
 		return fmt.Sprintf("%v id %d %v [%s] dev %q", a.Kind, e.ID, e.Addr, e.Flags, e.Interface)
-	case CreateSubflow, DestroySubflow:
+	case CreateSubflow, DestroySubflow, SetSubflowBackup:
 		return fmt.Sprintf("%v token %08x %v -> %v dev %q backup %t", a.Kind, a.Token,
 			netip.AddrPortFrom(a.Local, a.LocalPort), a.Remote, a.Interface, a.Backup)
 	case Announce, Withdraw:
@@ -320,6 +334,34 @@ func staleSubflows(out []Action, addrs []Address, c *Connection) ([]Action, int)
 		})
 	}
 	return out, extra
+}
+
+// followBackup appends a SetSubflowBackup for every established subflow,
+// the initial one included, whose local address is usable with a backup
+// flag other than the subflow's: a subflow's backup flag follows its
+// address's flags (an interface NetworkManager says is metered, or one
+// configured backup), so that traffic moves off an expensive path when it
+// becomes one.
+func followBackup(out []Action, addrs []Address, c *Connection) []Action {
+	for _, s := range c.Subflows {
+		if s.Pending {
+			continue
+		}
+		a, ok := lookup(addrs, s.Local.Addr())
+		if want := a.Flags&pm.FlagBackup != 0; !ok || want == s.Backup {
+			continue
+		}
+		why := "address " + a.Addr.String() + " on " + a.Interface + " is not backup"
+		if a.Flags&pm.FlagBackup != 0 {
+			why = "address " + a.Addr.String() + " on " + a.Interface + " is backup"
+		}
+		out = append(out, Action{
+			Kind: SetSubflowBackup, Token: c.Token,
+			Local: s.Local.Addr(), LocalPort: s.Local.Port(), Interface: s.Interface,
+			Backup: !s.Backup, Remote: s.Remote, Reason: why,
+		})
+	}
+	return out
 }
 
 // room returns how many subflows may still be created next to extra ones.

@@ -70,14 +70,14 @@ func TestNoneDoesNothing(t *testing.T) {
 
 func TestKindString(t *testing.T) {
 	seen := map[string]bool{}
-	for k := AddEndpoint; k <= Withdraw; k++ {
+	for k := AddEndpoint; k <= SetSubflowBackup; k++ {
 		s := k.String()
 		if s == "" || strings.HasPrefix(s, "Kind(") || seen[s] {
 			t.Errorf("Kind(%d).String() = %q", k, s)
 		}
 		seen[s] = true
 	}
-	for _, k := range []Kind{0, Withdraw + 1, 255} {
+	for _, k := range []Kind{0, SetSubflowBackup + 1, 255} {
 		if got := k.String(); !strings.HasPrefix(got, "Kind(") {
 			t.Errorf("Kind(%d).String() = %q, want Kind(n)", uint8(k), got)
 		}

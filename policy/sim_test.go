@@ -185,6 +185,19 @@ func (w *world) applyConnection(t *testing.T, a Action) {
 			t.Fatalf("%v: destroys the initial subflow", a)
 		}
 		c.Subflows = slices.Delete(c.Subflows, i, i+1)
+	case SetSubflowBackup:
+		i := slices.IndexFunc(c.Subflows, func(s Subflow) bool {
+			return s.Local == netip.AddrPortFrom(a.Local, a.LocalPort) && s.Remote == a.Remote
+		})
+		switch {
+		case i < 0:
+			t.Fatalf("%v: no such subflow", a)
+		case c.Subflows[i].Pending:
+			t.Fatalf("%v: the subflow is pending (the kernel does not know its port)", a)
+		case c.Subflows[i].Backup == a.Backup:
+			t.Fatalf("%v: the flag is set already", a)
+		}
+		c.Subflows[i].Backup = a.Backup
 	case Announce:
 		if a.ID != 0 || announced(c.Announced, pm.CanonicalAddr(a.Local)) {
 			t.Fatalf("%v: want id 0 and an address not yet announced", a)
@@ -390,14 +403,16 @@ func TestConverges(t *testing.T) {
 				}
 				// A pending subflow from an address that is not usable can
 				// only be destroyed once it is up (its port is known), which
-				// may make room for another subflow: two more rounds at most.
+				// may make room for another subflow, and one whose address's
+				// backup flag changed while it was pending gets its flag set
+				// once it is up: two more rounds at most.
 				for round := 1; ; round++ {
 					w.establish()
 					more := slices.Concat(p.Endpoints(w.v), p.Connection(w.v, w.c))
 					if len(more) == 0 {
 						break
 					}
-					if round == 3 || round == 1 && !slices.ContainsFunc(more, func(a Action) bool { return a.Kind == DestroySubflow }) {
+					if round == 3 || round == 1 && !slices.ContainsFunc(more, func(a Action) bool { return a.Kind == DestroySubflow || a.Kind == SetSubflowBackup }) {
 						t.Fatalf("world %d round %d: not converged after %v:\nview %+v\nconn %+v\nwants %v", i, round, acts, w.v, w.c, more)
 					}
 					w.apply(t, more)

@@ -26,7 +26,10 @@ func (n *netState) addresses(f policy.FilterConfig) []AddressInfo {
 		if !ok {
 			continue
 		}
-		usable, reason := f.Check(n.candidate(l, a))
+		usable, reason := n.check(f, l, a)
+		if _, managed := n.nm[l.Name]; usable && managed {
+			reason = reasonNMManaged
+		}
 		out = append(out, AddressInfo{Interface: l.Name, Address: k.addr, Usable: usable, Reason: reason})
 	}
 	slices.SortFunc(out, func(a, b AddressInfo) int {

@@ -51,6 +51,10 @@ type Manager struct {
 	Limits            Limits
 	LocalAddresses    []LocalAddress
 	ConnectionCount   int // the live connections (Service.Connections lists them)
+	// Warnings are the standing warnings, such as strict reverse-path
+	// filtering on a usable interface or another program fighting over
+	// the endpoints; each ends when its cause does.
+	Warnings []string
 }
 
 // Limits are the in-kernel path manager's limits.
@@ -71,7 +75,11 @@ type AddressInfo struct {
 	Interface string
 	Address   netip.Addr
 	Usable    bool
-	Reason    string // why the address is not usable, as policy.FilterConfig.Check says; "" when usable
+	// Reason says why the address is not usable, as
+	// policy.FilterConfig.Check says, or "MPTCP disabled by the
+	// NetworkManager profile"; for a usable one "managed by
+	// NetworkManager" when NetworkManager writes its endpoints, else "".
+	Reason string
 }
 
 // Connection is a snapshot of one MPTCP connection's properties.

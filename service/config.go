@@ -43,6 +43,10 @@ type Config struct {
 	// whose members may call the mutating D-Bus methods, as root may.
 	// Others need polkit's yes.
 	AuthGroups []string
+	// NetworkManager (network_manager) says how the daemon treats
+	// NetworkManager: NetworkManagerAuto ("auto", also "") follows it while
+	// it is on the bus, NetworkManagerIgnore ("ignore") does not.
+	NetworkManager string
 }
 
 // InterfaceConfig overrides settings for one interface.
@@ -55,20 +59,26 @@ type InterfaceConfig struct {
 // exit.
 func DefaultConfig() Config {
 	return Config{
-		Policy:        PolicyEndpoints,
-		LogLevel:      slog.LevelInfo,
-		Filter:        policy.DefaultFilter(),
-		EndpointFlags: pm.FlagSubflow,
-		RemoveOnExit:  true,
+		Policy:         PolicyEndpoints,
+		LogLevel:       slog.LevelInfo,
+		Filter:         policy.DefaultFilter(),
+		EndpointFlags:  pm.FlagSubflow,
+		RemoveOnExit:   true,
+		NetworkManager: NetworkManagerAuto,
 	}
 }
 
-// flagsFor returns the endpoint flags of the addresses of interface name.
-func (c *Config) flagsFor(name string) pm.Flags {
-	if ic, ok := c.Interfaces[name]; ok {
+// flagsFor returns the flags of the addresses of interface name: those of
+// [interfaces.NAME], else the endpoint flags, with backup added when
+// NetworkManager says the interface is metered.
+func (s *Service) flagsFor(name string) pm.Flags {
+	if ic, ok := s.cfg.Interfaces[name]; ok {
 		return ic.Flags
 	}
-	return c.EndpointFlags
+	if s.net.nm[name].Metered {
+		return s.cfg.EndpointFlags | pm.FlagBackup
+	}
+	return s.cfg.EndpointFlags
 }
 
 // Validate checks a configuration made in code the way config.Load checks a
@@ -80,6 +90,11 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Filter.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
+	}
+	switch c.NetworkManager {
+	case "", NetworkManagerAuto, NetworkManagerIgnore:
+	default:
+		return fmt.Errorf("config: network_manager: %q is neither %q nor %q", c.NetworkManager, NetworkManagerAuto, NetworkManagerIgnore)
 	}
 	if err := pm.CheckEndpointFlags(c.EndpointFlags); err != nil {
 		return fmt.Errorf("config: endpoints.flags: %w", err)

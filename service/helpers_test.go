@@ -59,6 +59,8 @@ type harness struct {
 	pmErr  error
 	pmSets []string // what SetPathManager was asked
 
+	sysctls map[string]string // what Deps.Sysctl reads (guarded by mu); others do not exist
+
 	listing  bool       // the service lists h.k's connections (withLister)
 	record   Record     // withRecord
 	logLevel slog.Level // the logger's level: debug unless withLogLevel
@@ -151,6 +153,7 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 		SetPathManager: h.setPathManager,
 		Logger:         slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: h.logLevel})),
 		Version:        "test",
+		Sysctl:         h.readSysctl,
 	})
 	for _, f := range h.tweak {
 		f(h.s)
@@ -180,6 +183,27 @@ func (h *harness) setPathManager(p string) error {
 	h.pmSets = append(h.pmSets, p)
 	h.pmType = p
 	return nil
+}
+
+// readSysctl is the service's Deps.Sysctl: it reads h.sysctls.
+func (h *harness) readSysctl(name string) (string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	v, ok := h.sysctls[name]
+	if !ok {
+		return "", fmt.Errorf("/proc/sys/%s: %w", name, os.ErrNotExist)
+	}
+	return v, nil
+}
+
+// setSysctl sets what the service reads for the sysctl name.
+func (h *harness) setSysctl(name, value string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.sysctls == nil {
+		h.sysctls = make(map[string]string)
+	}
+	h.sysctls[name] = value
 }
 
 func (h *harness) setPM(p string) {

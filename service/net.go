@@ -66,6 +66,9 @@ type netState struct {
 	links    map[int]Link
 	addrs    map[addrKey]LinkAddress
 	defaults map[defaultKey]int // number of default routes per link and family
+	// nm is NetworkManager's activated interfaces by name, when the
+	// service follows it (Service.nmView); nil otherwise.
+	nm map[string]NMInterface
 }
 
 type addrKey struct {
@@ -165,13 +168,40 @@ func (n *netState) usable(f policy.FilterConfig) []policy.Address {
 		if !ok {
 			continue
 		}
-		if ok, _ := f.Check(n.candidate(l, a)); ok {
-			out = append(out, policy.Address{Interface: l.Name, Ifindex: l.Index, Addr: k.addr})
+		if ok, _ := n.check(f, l, a); ok {
+			_, managed := n.nm[l.Name]
+			out = append(out, policy.Address{Interface: l.Name, Ifindex: l.Index, Addr: k.addr, External: managed})
 		}
 	}
 	slices.SortFunc(out, func(a, b policy.Address) int {
 		return cmp.Or(cmp.Compare(a.Interface, b.Interface), a.Addr.Compare(b.Addr))
 	})
+	return out
+}
+
+// check is the filter's verdict on address a of link l, and
+// NetworkManager's: an interface whose profile disables MPTCP is not
+// usable.
+func (n *netState) check(f policy.FilterConfig, l Link, a LinkAddress) (bool, string) {
+	ok, reason := f.Check(n.candidate(l, a))
+	if i, managed := n.nm[l.Name]; ok && managed && i.MPTCPDisabled {
+		return false, reasonNMDisabled
+	}
+	return ok, reason
+}
+
+// nmIfindexes returns the indexes of the links whose endpoints
+// NetworkManager writes.
+func (n *netState) nmIfindexes() map[int32]bool {
+	if len(n.nm) == 0 {
+		return nil
+	}
+	out := make(map[int32]bool, len(n.nm))
+	for _, l := range n.links {
+		if i, ok := n.nm[l.Name]; ok && !i.MPTCPDisabled {
+			out[int32(l.Index)] = true
+		}
+	}
 	return out
 }
 

@@ -333,6 +333,22 @@ func (s *Service) connAction(c *conn, a policy.Action) {
 		}
 		c.closing = append(c.closing, t)
 		s.logAction(c, a, "policy: subflow closed", "local", t.local, "remote", t.remote, "interface", a.Interface)
+	case policy.SetSubflowBackup:
+		local, remote := netip.AddrPortFrom(a.Local, a.LocalPort), a.Remote
+		var flags pm.Flags
+		if a.Backup {
+			flags = pm.FlagBackup
+		}
+		if err := s.gone(c, s.k.SetSubflowFlags(c.token, local, remote, flags)); err != nil {
+			s.log.Warn("policy: the kernel refused", "action", a.String(), "token", logToken(c.token), "err", err)
+			return
+		}
+		// The kernel sends no event for a change made here.
+		if i := c.subflowIndex(local, remote); i >= 0 && c.subflows[i].Backup != a.Backup {
+			c.subflows[i].Backup = a.Backup
+			s.publish(ConnectionChanged{Connection: c.snapshot(), Changed: []string{"Subflows"}})
+		}
+		s.logAction(c, a, "policy: subflow backup flag set", "local", local, "remote", remote, "backup", a.Backup)
 	case policy.Announce:
 		if _, err := s.announce(c, a.Local, a.LocalPort, a.ID, a.LocalPort == 0); err != nil {
 			s.refused(c, a, err)

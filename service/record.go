@@ -182,7 +182,7 @@ func CurrentNetNS() (string, error) {
 func recorded(eps []policy.Endpoint) []policy.Endpoint {
 	var out []policy.Endpoint
 	for _, e := range eps {
-		if e.Origin != policy.OriginExternal {
+		if !e.Origin.Foreign() {
 			e.Interface = "" // the record keeps the ifindex
 			out = append(out, e)
 		}

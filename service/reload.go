@@ -44,8 +44,12 @@ func (s *Service) Reload(ctx context.Context, cfg Config) error {
 			s.publishManager("Policy")
 		}
 		s.checkPathManager()
-		s.updateUsable()
-		s.reconcile()
+		if old.NetworkManager != cfg.NetworkManager {
+			s.nmChanged() // updates and reconciles
+		} else {
+			s.updateUsable()
+			s.reconcile()
+		}
 		s.log.Info("configuration reloaded", "policy", cfg.Policy)
 		return nil
 	})

@@ -54,6 +54,12 @@ type Deps struct {
 	// Config.SetPathManager; nil = pm.SetPathManagerType.
 	SetPathManager func(string) error
 	Version        string // the daemon's version (Manager.Version)
+	// NetworkManager is what NetworkManager said at start
+	// (SetNetworkManager tells the changes); zero = not running.
+	NetworkManager NMState
+	// Sysctl reads a sysctl by its path under /proc/sys
+	// ("net/ipv4/conf/all/rp_filter"), trimmed; nil reads /proc/sys.
+	Sysctl func(name string) (string, error)
 }
 
 // Service is the daemon's core. One goroutine, Run's, owns all the state
@@ -69,6 +75,7 @@ type Service struct {
 	log         *slog.Logger
 	pathManager func() (string, error)
 	setPM       func(string) error
+	sysctl      func(string) (string, error)
 	version     string
 
 	reqs     chan func()   // requests, run by the loop
@@ -104,6 +111,14 @@ type Service struct {
 	now       func() time.Time
 	backoff   backoff
 	pendingTO time.Duration // a requested subflow not heard of for this long failed
+
+	// NetworkManager (nm.go), also owned by the loop.
+	nm        NMState
+	poll      *time.Ticker     // re-reads the endpoints while NetworkManager is followed; nil otherwise
+	pollEvery time.Duration    // poll's period (endpointPoll)
+	pollC     <-chan time.Time // poll's channel, nil when off
+	takeAway  takeAways        // owned endpoints others removed, per interface
+	warnings  warnings         // what Manager.Warnings says
 }
 
 // New returns a service with the configuration and dependencies. It does
@@ -128,9 +143,12 @@ func New(cfg Config, d Deps) *Service {
 		origins:     make(map[endpointKey]policy.Origin),
 		local:       []LocalAddress{},
 		setPM:       d.SetPathManager,
+		sysctl:      d.Sysctl,
+		nm:          d.NetworkManager,
 		now:         time.Now,
 		backoff:     defaultBackoff,
 		pendingTO:   pendingTimeout,
+		pollEvery:   endpointPoll,
 		retry:       time.NewTimer(time.Hour),
 	}
 	s.retry.Stop()
@@ -139,6 +157,9 @@ func New(cfg Config, d Deps) *Service {
 	}
 	if s.setPM == nil {
 		s.setPM = pm.SetPathManagerType
+	}
+	if s.sysctl == nil {
+		s.sysctl = readSysctl
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -223,6 +244,8 @@ func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-c
 			s.resync()
 		case <-s.retry.C:
 			s.retryDue()
+		case <-s.pollC:
+			s.pollEndpoints()
 		case req := <-s.reqs:
 			req()
 		}
@@ -259,6 +282,8 @@ func (s *Service) start() error {
 	if err := s.cfg.Validate(); err != nil {
 		return fmt.Errorf("service: %w", err)
 	}
+	s.net.nm = s.nmView()
+	s.armEndpointPoll()
 	s.refreshPathManager()
 	if l := s.cfg.Limits; l != nil {
 		if err := s.k.SetLimits(pm.Limits(*l)); err != nil {
@@ -271,7 +296,7 @@ func (s *Service) start() error {
 	s.saveRecord()
 	s.checkPathManager()
 	for _, e := range s.endpoints {
-		if e.Flags&pm.FlagImplicit == 0 && e.Origin == policy.OriginExternal {
+		if e.Flags&pm.FlagImplicit == 0 && e.Origin.Foreign() {
 			s.log.Info("in-kernel endpoints made by another program exist (NetworkManager, ip mptcp, ...): "+
 				"another program manages endpoints too; the built-in policy leaves them alone",
 				"id", e.ID, "addr", e.Addr, "flags", e.Flags.String())
@@ -295,6 +320,9 @@ func (s *Service) resync() {
 // shutdown releases what the service holds when Run returns.
 func (s *Service) shutdown() {
 	s.retry.Stop()
+	if s.poll != nil {
+		s.poll.Stop()
+	}
 	if s.ctl != nil {
 		s.publish(ControllerReleased{Name: s.ctl.name, Path: s.ctl.path, Reason: "shutdown"})
 		s.ctl = nil
@@ -320,6 +348,7 @@ func (s *Service) handleNet(ev NetEvent) {
 	if s.updateUsable() || first {
 		s.reconcile()
 	}
+	s.checkRPFilter()
 	if first {
 		close(s.ready)
 	}
@@ -331,7 +360,7 @@ func (s *Service) handleNet(ev NetEvent) {
 func (s *Service) updateUsable() bool {
 	usable := s.net.usable(s.cfg.Filter)
 	for i := range usable {
-		usable[i].Flags = s.cfg.flagsFor(usable[i].Interface)
+		usable[i].Flags = s.flagsFor(usable[i].Interface)
 	}
 	if slices.Equal(usable, s.usable) {
 		return false
@@ -384,6 +413,7 @@ func (s *Service) manager() Manager {
 		Limits:            s.limits,
 		LocalAddresses:    slices.Clone(s.local),
 		ConnectionCount:   len(s.conns.byToken),
+		Warnings:          s.warnings.list(),
 	}
 	if s.ctl != nil {
 		m.ControlMode = ModeController
@@ -435,18 +465,27 @@ func (s *Service) refreshEndpoints(edit func([]policy.Endpoint) []policy.Endpoin
 	addrs, err := s.k.Endpoints()
 	switch {
 	case err == nil:
+		expected := s.endpoints
+		if edit != nil {
+			expected = edit(slices.Clone(expected))
+		}
 		next = make([]policy.Endpoint, 0, len(addrs))
 		origins := make(map[endpointKey]policy.Origin, len(addrs))
+		nmIfs := s.net.nmIfindexes()
 		for _, a := range addrs {
 			origin, ok := s.origins[keyOf(a)]
-			if ok {
+			switch {
+			case ok:
 				origins[keyOf(a)] = origin
-			} else {
+			case nmIfs[a.Ifindex]:
+				origin = policy.OriginNetworkManager
+			default:
 				origin = policy.OriginExternal
 			}
 			next = append(next, policy.Endpoint{Address: a, Origin: origin})
 		}
 		s.origins = origins
+		s.noteTakeAways(expected, next)
 	case edit != nil:
 		s.log.Warn("reading endpoints", "err", err)
 		next = edit(slices.Clone(s.endpoints))

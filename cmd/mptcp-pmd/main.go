@@ -31,6 +31,7 @@ import (
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/diag"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/netmon"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/nmmon"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/pmnl"
 	"github.com/mptcp-pmd/mptcp-pmd/policy"
 	"github.com/mptcp-pmd/mptcp-pmd/service"
@@ -198,6 +199,7 @@ type pmd struct {
 	pmType *pm.PathManagerReader // net.mptcp.path_manager, kept open: read at every CREATED
 	mon    *netmon.Monitor
 	conn   *dbus.Conn
+	nm     *nmmon.Watcher // nil when NetworkManager is ignored
 	svc    *service.Service
 	auth   *dbusapi.BusAuthorizer
 	srv    *dbusapi.Server
@@ -245,6 +247,7 @@ func (d *pmd) open(ctx context.Context) error {
 		PathManager: d.pmType.Read,
 		Version:     version,
 	}
+	deps.NetworkManager = d.watchNM(ctx)
 	if rec := d.openRecord(); rec != nil {
 		deps.Record = rec
 	}
@@ -345,6 +348,9 @@ func (d *pmd) serve(ctx context.Context, stop func(), hup <-chan os.Signal) erro
 
 	runErr := make(chan error, 1)
 	go func() { runErr <- d.svc.Run(ctx, kernelEvents, netEvents) }()
+	if d.nm != nil {
+		go followNM(ctx, d.nm, d.svc, d.log)
+	}
 	// The name appears once the start is complete: the host's addresses
 	// are known, the live connections adopted and the policy has acted.
 	select {
@@ -430,6 +436,15 @@ func (d *pmd) reload(ctx context.Context) {
 		return
 	}
 	d.cfg = cfg
+	if d.nm == nil && cfg.NetworkManager != service.NetworkManagerIgnore {
+		// Started with network_manager = "ignore": follow it from now on.
+		if st := d.watchNM(ctx); d.nm != nil {
+			if err := d.svc.SetNetworkManager(ctx, st); err != nil {
+				d.log.Warn("NetworkManager's state not applied", "err", err)
+			}
+			go followNM(ctx, d.nm, d.svc, d.log)
+		}
+	}
 	d.auth.SetGroups(cfg.AuthGroups)
 	d.level.Set(cfg.LogLevel) // the service logged the reload
 }

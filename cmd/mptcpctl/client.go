@@ -144,6 +144,7 @@ type manager struct {
 	Limits            limits         `json:"limits"`
 	LocalAddresses    []localAddress `json:"local_addresses"`
 	SignalsDropped    uint64         `json:"signals_dropped"`
+	Warnings          []string       `json:"warnings"`
 	Connections       int            `json:"connections"`
 }
 
@@ -254,6 +255,7 @@ func managerFields(m *manager) map[string]any {
 		"Version": &m.Version, "ControlMode": &m.ControlMode, "Controller": &m.Controller,
 		"Policy": &m.Policy, "KernelPathManager": &m.KernelPathManager, "Endpoints": &m.Endpoints,
 		"Limits": &m.Limits, "LocalAddresses": &m.LocalAddresses, "SignalsDropped": &m.SignalsDropped,
+		"Warnings": &m.Warnings,
 	}
 }
 
@@ -269,6 +271,9 @@ func (c *client) manager() (manager, error) {
 	}
 	if m.LocalAddresses == nil {
 		m.LocalAddresses = []localAddress{}
+	}
+	if m.Warnings == nil {
+		m.Warnings = []string{}
 	}
 	return m, err
 }

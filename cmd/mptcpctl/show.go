@@ -39,7 +39,13 @@ func cmdStatus(x *cmdCtx, args []string) error {
 	if m.SignalsDropped > 0 {
 		fmt.Fprintf(tw, "Signals dropped:\t%d (the bus did not take them as fast as they came; see mptcp-pmd(8))\n", m.SignalsDropped)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, w := range m.Warnings {
+		fmt.Fprintf(x.out, "Warning: %s\n", w)
+	}
+	return nil
 }
 
 func cmdConnections(x *cmdCtx, args []string) error {

@@ -41,6 +41,7 @@ type fileConfig struct {
 	Policy         policyName                   `toml:"policy"`
 	LogLevel       logLevel                     `toml:"log_level"`
 	SetPathManager bool                         `toml:"set_path_manager"`
+	NetworkManager nmSetting                    `toml:"network_manager"`
 	Limits         *fileLimits                  `toml:"limits"`
 	Filter         fileFilter                   `toml:"filter"`
 	Endpoints      fileEndpoints                `toml:"endpoints"`
@@ -104,6 +105,21 @@ type fileEndpoints struct {
 
 type fileInterfaceConf struct {
 	Flags *flagWords `toml:"flags"`
+}
+
+// nmSetting is network_manager: "auto" or "ignore".
+type nmSetting string
+
+func (n *nmSetting) UnmarshalTOML(v any) error {
+	s, ok := v.(string)
+	if !ok {
+		return fmt.Errorf("network_manager must be a string, not %T", v)
+	}
+	if s != service.NetworkManagerAuto && s != service.NetworkManagerIgnore {
+		return fmt.Errorf("network_manager must be %q or %q, not %q", service.NetworkManagerAuto, service.NetworkManagerIgnore, s)
+	}
+	*n = nmSetting(s)
+	return nil
 }
 
 type policyName string
@@ -194,8 +210,9 @@ func stringList(v any) ([]string, error) {
 func parse(name, data string) (service.Config, error) {
 	def := service.DefaultConfig()
 	fc := fileConfig{
-		Policy:   policyName(def.Policy),
-		LogLevel: logLevel(def.LogLevel),
+		Policy:         policyName(def.Policy),
+		LogLevel:       logLevel(def.LogLevel),
+		NetworkManager: nmSetting(def.NetworkManager),
 		Filter: fileFilter{
 			SkipLoopback:        def.Filter.SkipLoopback,
 			SkipLinkLocal:       def.Filter.SkipLinkLocal,
@@ -226,6 +243,7 @@ func parse(name, data string) (service.Config, error) {
 		EndpointFlags:  def.EndpointFlags,
 		RemoveOnExit:   def.RemoveOnExit,
 		SetPathManager: fc.SetPathManager,
+		NetworkManager: string(fc.NetworkManager),
 	}
 	cfg.AuthGroups = fc.Authorization.Groups
 	if fc.Endpoints.Flags != nil {

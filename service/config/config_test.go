@@ -39,6 +39,7 @@ func TestLoadFull(t *testing.T) {
 policy = "subflow-per-interface"
 log_level = "debug"
 set_path_manager = true
+network_manager = "ignore"
 
 [limits]
 subflows = 4
@@ -75,6 +76,7 @@ flags = ["subflow", "backup"]
 		},
 		EndpointFlags:  pm.FlagSubflow | pm.FlagSignal,
 		SetPathManager: true,
+		NetworkManager: service.NetworkManagerIgnore,
 		Interfaces: map[string]service.InterfaceConfig{
 			"wwan0": {Flags: pm.FlagSubflow | pm.FlagBackup},
 			"eth1":  {Flags: pm.FlagSubflow | pm.FlagSignal}, // the [endpoints] flags
@@ -98,6 +100,7 @@ func TestLoadErrors(t *testing.T) {
 		{"dotted unknown key", "filter.skip_all = true\n", `1: unknown key filter.skip_all`},
 		{"unknown policy", "\n\npolicy = \"mesh\"\n", `3: policy: unknown policy "mesh"`},
 		{"policy of the wrong type", "policy = 3\n", `1: policy: policy must be a string`},
+		{"unknown network_manager", "\nnetwork_manager = \"off\"\n", `2: network_manager: network_manager must be "auto" or "ignore", not "off"`},
 		{"unknown log level", "log_level = \"loud\"\n", `1: log_level: unknown log level "loud"`},
 		{"unknown endpoint flag", "[endpoints]\nflags = [\"subflow\", \"bakup\"]\n", `2: endpoints.flags: unknown flag "bakup"`},
 		{"unknown interface flag", "[interfaces.eth0]\n\nflags = [\"fulmesh\"]\n", `3: interfaces.eth0.flags: unknown flag "fulmesh"`},
