@@ -220,5 +220,6 @@ type Subflow struct {
 	LocalID, RemoteID uint8
 	Local, Remote     netip.AddrPort
 	Backup            bool  // the flag SUB_ESTABLISHED carries: the peer's backup request
+	BackupLocal       bool  // this end's own backup request (no event carries it)
 	Ifindex           int32 // the interface the subflow is bound to, 0 for none
 }

@@ -98,6 +98,7 @@ func (s *Service) adopt(kc *pm.Connection) {
 	c.userspace = s.kernelPM == "userspace"
 	for _, sf := range kc.Subflows {
 		c.subflows = append(c.subflows, s.listedSubflow(sf))
+		c.setBackupLocal(tuple{sf.Local, sf.Remote}, sf.BackupLocal)
 	}
 	if c.userspace {
 		s.adoptAnnouncements(c)

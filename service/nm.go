@@ -24,11 +24,11 @@ const (
 type NMState struct {
 	Running bool // NetworkManager is on the bus
 	// Interfaces holds, by kernel interface name, the interfaces of the
-	// devices NetworkManager has activated.
+	// devices NetworkManager manages: their endpoints are its own.
 	Interfaces map[string]NMInterface
 }
 
-// NMInterface is an interface of a device NetworkManager has activated.
+// NMInterface is an interface of a device NetworkManager manages.
 type NMInterface struct {
 	// MPTCPDisabled: the active profile disables MPTCP
 	// (connection.mptcp-flags disabled): no policy uses the interface.

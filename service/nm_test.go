@@ -111,13 +111,21 @@ func TestNetworkManagerEndpoints(t *testing.T) {
 	})
 
 	// It comes back and takes c2 with MPTCP enabled: the policy's
-	// endpoints there stay until NetworkManager replaces them (as it does
-	// at activation), and are not added again; what it writes is its own.
+	// endpoints there are left to it, as they are, and not added again
+	// when it replaces them (as it does at activation).
 	mark := h.mark()
 	h.setNM(NMState{Running: true, Interfaces: map[string]NMInterface{"c1": {}, "c2": {}}})
 	if got := h.calls(mark, "AddEndpoint", "DeleteEndpoint", "SetEndpointFlags"); len(got) != 0 {
 		t.Errorf("the policy touched endpoints when NetworkManager took c2: %v", got)
 	}
+	sameStrings(t, "endpoints once NetworkManager took c2", h.endpoints(), []string{
+		"10.55.0.1 [subflow] c0 policy",
+		"10.55.1.1 [subflow] c1 networkmanager",
+		"10.55.2.1 [subflow] c2 networkmanager",
+		"fd00:55:1::1 [subflow] c1 networkmanager",
+		"fd00:55:2::1 [subflow] c2 networkmanager",
+		"fd00:55::1 [subflow] c0 policy",
+	})
 	for _, addr := range []string{"10.55.2.1", "fd00:55:2::1"} {
 		if err := k.DeleteEndpoint(h.endpointID(addr)); err != nil {
 			t.Fatal(err)

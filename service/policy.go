@@ -264,7 +264,7 @@ func (s *Service) policyConn(c *conn) policy.Connection {
 		if slices.Contains(c.closing, t) {
 			continue // going: the policy asked for that already
 		}
-		pc.Subflows = append(pc.Subflows, policy.Subflow{Local: t.local, Remote: t.remote, Interface: sf.Interface, Backup: sf.Backup})
+		pc.Subflows = append(pc.Subflows, policy.Subflow{Local: t.local, Remote: t.remote, Interface: sf.Interface, Backup: c.backupLocal[t]})
 	}
 	for _, p := range c.pending {
 		pc.Subflows = append(pc.Subflows, policy.Subflow{
@@ -344,6 +344,7 @@ func (s *Service) connAction(c *conn, a policy.Action) {
 			return
 		}
 		// The kernel sends no event for a change made here.
+		c.setBackupLocal(tuple{local, remote}, a.Backup)
 		if i := c.subflowIndex(local, remote); i >= 0 && c.subflows[i].Backup != a.Backup {
 			c.subflows[i].Backup = a.Backup
 			s.publish(ConnectionChanged{Connection: c.snapshot(), Changed: []string{"Subflows"}})
@@ -503,10 +504,12 @@ func (s *Service) subflowNews(c *conn, typ pm.EventType, t tuple, established bo
 	switch typ {
 	case pm.EventSubEstablished:
 		if p >= 0 {
+			c.setBackupLocal(t, c.pending[p].backup)
 			c.pending = slices.Delete(c.pending, p, p+1)
 			c.made = append(c.made, t)
 		}
 	case pm.EventSubClosed:
+		c.setBackupLocal(t, false)
 		closing := slices.Index(c.closing, t)
 		made := slices.Index(c.made, t)
 		if closing >= 0 {

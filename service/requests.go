@@ -416,9 +416,12 @@ func (s *Service) SetSubflowBackup(ctx context.Context, c Caller, conn uint64, l
 		for i := range cn.subflows {
 			sf := &cn.subflows[i]
 			if sf.LocalAddress == local.Addr() && (local.Port() == 0 || sf.LocalPort == local.Port()) &&
-				sf.RemoteAddress == remote.Addr() && sf.RemotePort == remote.Port() && sf.Backup != backup {
-				sf.Backup = backup
-				changed = true
+				sf.RemoteAddress == remote.Addr() && sf.RemotePort == remote.Port() {
+				cn.setBackupLocal(tuple{netip.AddrPortFrom(sf.LocalAddress, sf.LocalPort), remote}, backup)
+				if sf.Backup != backup {
+					sf.Backup = backup
+					changed = true
+				}
 			}
 		}
 		if changed {

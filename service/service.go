@@ -457,7 +457,9 @@ func (s *Service) setLimits(l Limits) {
 }
 
 // refreshEndpoints re-reads the kernel's endpoints, keeping the origin of
-// those the service made; an endpoint made by someone else is external. If
+// those the service made; an endpoint made by someone else is external, or
+// networkmanager on an interface whose endpoints NetworkManager writes,
+// where the policy's endpoints are given up to NetworkManager. If
 // the kernel cannot be read, it applies edit (if not nil) to the known list
 // instead. It publishes a change.
 func (s *Service) refreshEndpoints(edit func([]policy.Endpoint) []policy.Endpoint) {
@@ -475,6 +477,11 @@ func (s *Service) refreshEndpoints(edit func([]policy.Endpoint) []policy.Endpoin
 		for _, a := range addrs {
 			origin, ok := s.origins[keyOf(a)]
 			switch {
+			case ok && origin == policy.OriginPolicy && nmIfs[a.Ifindex]:
+				// The policy's endpoint on an interface NetworkManager has
+				// taken: left to it (it keeps an equal one as its own).
+				s.log.Info("endpoint left to NetworkManager, which manages its interface now", "id", a.ID, "addr", a.Addr)
+				origin = policy.OriginNetworkManager
 			case ok:
 				origins[keyOf(a)] = origin
 			case nmIfs[a.Ifindex]:

@@ -30,6 +30,22 @@ type conn struct {
 	made     []tuple          // established subflows the policy requested
 	closing  []tuple          // subflows the policy asked the kernel to close
 	failures []failure        // local addresses in backoff
+	// backupLocal holds the subflows this end asked to be backup (made
+	// so, or set with SET_FLAGS): the events carry only the peer's
+	// request. nil when there is none.
+	backupLocal map[tuple]bool
+}
+
+// setBackupLocal records this end's backup request for subflow t.
+func (c *conn) setBackupLocal(t tuple, backup bool) {
+	switch {
+	case backup && c.backupLocal == nil:
+		c.backupLocal = map[tuple]bool{t: true}
+	case backup:
+		c.backupLocal[t] = true
+	default:
+		delete(c.backupLocal, t)
+	}
 }
 
 // announcement is an address we announced on a connection and the listener

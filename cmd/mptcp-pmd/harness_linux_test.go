@@ -641,9 +641,16 @@ func listenKernel(tb testing.TB, h *pmtest.Host) *kernelLog {
 // to 10 s; the test fails if none comes.
 func (k *kernelLog) wait(tb testing.TB, what string, match func(pm.Event) bool) kernelEvent {
 	tb.Helper()
+	return k.waitFrom(tb, 0, what, match)
+}
+
+// waitFrom is wait for the events from index from on (a len(events()) of
+// before).
+func (k *kernelLog) waitFrom(tb testing.TB, from int, what string, match func(pm.Event) bool) kernelEvent {
+	tb.Helper()
 	deadline := time.NewTimer(10 * time.Second)
 	defer deadline.Stop()
-	for i := 0; ; {
+	for i := from; ; {
 		k.mu.Lock()
 		evs, changed, lost := k.evs, k.changed, k.lost
 		k.mu.Unlock()

@@ -51,8 +51,9 @@ func fromSnapshot(snap *diag.Snapshot) []pm.Connection {
 				Remote:   pm.CanonicalAddrPort(sf.Remote),
 				// SUB_ESTABLISHED carries the peer's backup request
 				// (docs/kernel-notes.md, "SUB_ESTABLISHED backup flag").
-				Backup:  sf.BackupRemote,
-				Ifindex: int32(sf.Ifindex),
+				Backup:      sf.BackupRemote,
+				BackupLocal: sf.Backup,
+				Ifindex:     int32(sf.Ifindex),
 			})
 		}
 		out = append(out, pc)

@@ -55,13 +55,17 @@ func followNM(ctx context.Context, w *nmmon.Watcher, svc *service.Service, log *
 	}
 }
 
-// nmState is the service's view of NetworkManager's state: the activated
-// devices it manages, by the name of the interface that carries their IP
-// traffic.
+// nmState is the service's view of NetworkManager's state: the devices it
+// manages, by the name of the interface that carries their IP traffic.
+// A managed device is NetworkManager's for endpoints whether a profile is
+// active or not: NetworkManager removes the endpoints it did not make on
+// its devices when it deactivates or reapplies a profile, so endpoints of
+// ours there would only be fought over. Only an active profile can
+// disable MPTCP or make a device metered.
 func nmState(st nmmon.State) service.NMState {
 	out := service.NMState{Running: st.Running}
 	for _, dev := range st.Devices {
-		if !dev.Managed || !dev.Activated {
+		if !dev.Managed {
 			continue
 		}
 		name := dev.IPInterface
@@ -72,8 +76,8 @@ func nmState(st nmmon.State) service.NMState {
 			out.Interfaces = make(map[string]service.NMInterface)
 		}
 		out.Interfaces[linkName(name)] = service.NMInterface{
-			MPTCPDisabled: dev.MPTCP.Known && dev.MPTCP.Disabled,
-			Metered:       dev.Metered.Expensive(),
+			MPTCPDisabled: dev.Activated && dev.MPTCP.Known && dev.MPTCP.Disabled,
+			Metered:       dev.Activated && dev.Metered.Expensive(),
 		}
 	}
 	return out
