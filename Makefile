@@ -124,6 +124,7 @@ install: build
 	install -Dm644 dist/man/mptcp-pmd.toml.5 $(DESTDIR)$(MANDIR)/man5/mptcp-pmd.toml.5
 	install -Dm644 dist/man/mptcp-pmd.8 $(DESTDIR)$(MANDIR)/man8/mptcp-pmd.8
 	install -Dm644 dist/mptcp-pmd.toml $(DESTDIR)$(DOCDIR)/mptcp-pmd.toml
+	install -Dm755 dist/examples/nm-dispatcher.py $(DESTDIR)$(DOCDIR)/examples/nm-dispatcher.py
 	install -Dm644 dist/completion/mptcpctl.bash $(DESTDIR)$(COMPLETIONDIR)/mptcpctl
 
 uninstall:
@@ -138,8 +139,9 @@ uninstall:
 		$(DESTDIR)$(MANDIR)/man5/mptcp-pmd.toml.5 \
 		$(DESTDIR)$(MANDIR)/man8/mptcp-pmd.8 \
 		$(DESTDIR)$(DOCDIR)/mptcp-pmd.toml \
+		$(DESTDIR)$(DOCDIR)/examples/nm-dispatcher.py \
 		$(DESTDIR)$(COMPLETIONDIR)/mptcpctl
-	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
+	-rmdir $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 # A throw-away namespace lab, a private bus, the daemon, real MPTCP traffic.
 demo: build

@@ -259,6 +259,7 @@ func wantInstalled(tb testing.TB) map[string]struct {
 		"share/man/man5/mptcp-pmd.toml.5":                             {"dist/man/mptcp-pmd.toml.5", 0o644},
 		"share/man/man8/mptcp-pmd.8":                                  {"dist/man/mptcp-pmd.8", 0o644},
 		"share/doc/mptcp-pmd/mptcp-pmd.toml":                          {"dist/" + exampleConfig, 0o644},
+		"share/doc/mptcp-pmd/examples/nm-dispatcher.py":               {"dist/examples/nm-dispatcher.py", 0o755},
 		"share/bash-completion/completions/mptcpctl":                  {"dist/completion/mptcpctl.bash", 0o644},
 	}
 	xmls, err := filepath.Glob(filepath.Join(projectRoot(tb), "introspection", "*.xml"))

@@ -173,7 +173,15 @@ func TestNetworkManagerNoFight(t *testing.T) {
 	nm := nmtest.Start(t, cli, s.bus, nmtest.Options{Managed: []string{"c1", "c2"}})
 	s.profile(t, nm, "wifi", 1, "connection.mptcp-flags", "subflow,also-without-default-route")
 	s.profile(t, nm, "off", 2, "connection.mptcp-flags", "disabled")
+	// Strict reverse-path filtering everywhere: NetworkManager loosens it
+	// on its devices, the daemon warns about the one it uses alone.
+	cli.Run(t, "sysctl", "-qw", "net.ipv4.conf.c0.rp_filter=1", "net.ipv4.conf.c1.rp_filter=1")
+	s.up(t, nm, "wifi", 1)
 	d := startDaemon(t, cli, s.bus, "--policy", "endpoints")
+	out, _, code := ctl(t, s.bus, "status")
+	if code != 0 || !strings.Contains(out, "Warning: strict reverse-path filtering (rp_filter 1) on c0") || strings.Contains(out, "on c1") {
+		t.Errorf("mptcpctl status (exit %d) does not warn about c0's rp_filter alone:\n%s", code, out)
+	}
 
 	want := []string{
 		cli.Addrs4[0].String() + " [subflow]",
@@ -245,6 +253,20 @@ func TestNetworkManagerNoFight(t *testing.T) {
 	waitSubflows(t, kev, tok, within(5*time.Second), "subflows", paths(server.Addr(), cli.Addrs4[1]))
 	if _, err := c.Write(make([]byte, 64<<10)); err != nil {
 		t.Fatal(err)
+	}
+
+	// The dispatcher example, called as NetworkManager calls it.
+	requirePython(t)
+	for _, tc := range []struct{ args, want string }{
+		{"c1 up", "mptcp-pmd: c1 up: " + cli.Addrs4[1].String() + " used (managed by NetworkManager); warning: strict reverse-path filtering (rp_filter 1) on c0"},
+		{"c1 pre-down", "mptcp-pmd: c1 going down: 1 MPTCP connection(s) lose a subflow over it, 1 of them keep another path"},
+		{"c2 down", "mptcp-pmd: c2 going down: no MPTCP connection has a subflow over it"},
+		{"c1 hostname", ""},
+	} {
+		out, errOut, code := python(t, s.bus, "dist/examples/nm-dispatcher.py", strings.Fields(tc.args)...)
+		if code != 0 || !strings.HasPrefix(strings.TrimSpace(out), tc.want) || tc.want == "" && out != "" {
+			t.Errorf("nm-dispatcher.py %s: exit %d, %q (stderr %q), want it to start with %q", tc.args, code, out, errOut, tc.want)
+		}
 	}
 }
 
