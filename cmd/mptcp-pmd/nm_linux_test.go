@@ -210,6 +210,14 @@ func TestNetworkManagerNoFight(t *testing.T) {
 		t.Errorf("ListAddresses %q, want %q", got, wantReasons)
 	}
 
+	if testing.Verbose() { // what a user sees, for the README
+		for _, args := range [][]string{{"status"}, {"endpoints"}, {"addresses"}} {
+			out, _, _ := ctl(t, s.bus, args...)
+			t.Logf("$ mptcpctl %s\n%s", strings.Join(args, " "), out)
+		}
+		t.Logf("$ ip mptcp endpoint show\n%s", cli.Run(t, "ip", "mptcp", "endpoint", "show"))
+	}
+
 	// No fight: 10 s without a change.
 	settled := s.table(t)
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
