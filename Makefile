@@ -7,7 +7,7 @@ PKGS    := ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-short test-systemd lint bench bench-lab bench-restart soak fuzz demo clean install uninstall
+.PHONY: all build test test-short test-systemd lint bench bench-lab bench-restart bench-nm soak fuzz demo clean install uninstall
 
 all: build
 
@@ -66,6 +66,12 @@ bench-lab: build
 # minutes; root, MPTCP and dbus-daemon).
 bench-restart: build
 	$(GO) test -run '^$$' -bench 'BenchmarkStartup|BenchmarkResync10000' -benchtime 3x -count=1 ./cmd/mptcp-pmd
+
+# Lab scenario: what following a real NetworkManager costs the daemon
+# (start-up, memory, idle CPU), against network_manager = "ignore",
+# interleaved (about a minute; root, MPTCP, dbus-daemon, NetworkManager).
+bench-nm: build
+	$(GO) test -run '^$$' -bench 'BenchmarkNetworkManagerCost' -benchtime 3x -count=1 ./cmd/mptcp-pmd
 
 # The chaos soak: a seeded random sequence of steps (connection churn,
 # addresses, carrier, routes, a controller killed, the daemon killed, the

@@ -107,32 +107,51 @@ func nmMPTCPWord(i NMInterface) string {
 	return "networkmanager"
 }
 
-// endpointPoll is how often the endpoints are re-read while NetworkManager
-// is followed: the kernel tells nobody when another program changes them,
-// and NetworkManager writes its own a moment after it activates a device.
-const endpointPoll = time.Second
+// The endpoints are re-read while NetworkManager is followed: the kernel
+// tells nobody when another program changes them. NetworkManager writes a
+// device's endpoints a moment (about 180 ms here) after the device's
+// state changes, so each change of its state is followed by a few quick
+// reads; otherwise a slow one finds other programs' changes (a fight).
+const (
+	endpointPoll      = 5 * time.Second
+	endpointPollFast  = 200 * time.Millisecond
+	endpointPollBurst = 5 // quick reads after a change: one second's worth
+)
 
 // nmFollowed reports whether the service follows NetworkManager now.
 func (s *Service) nmFollowed() bool {
 	return s.nm.Running && s.cfg.NetworkManager != NetworkManagerIgnore
 }
 
-// armEndpointPoll starts the endpoint poll while NetworkManager is followed
-// and stops it otherwise.
+// armEndpointPoll starts the endpoint poll, quick reads first, while
+// NetworkManager is followed, and stops it otherwise.
 func (s *Service) armEndpointPoll() {
-	switch on := s.nmFollowed(); {
-	case on && s.poll == nil:
-		s.poll = time.NewTicker(s.pollEvery)
-		s.pollC = s.poll.C
-	case !on && s.poll != nil:
-		s.poll.Stop()
-		s.poll, s.pollC = nil, nil
+	if !s.nmFollowed() {
+		if s.poll != nil {
+			s.poll.Stop()
+			s.poll, s.pollC = nil, nil
+		}
+		return
 	}
+	s.pollFast = endpointPollBurst
+	wait := min(endpointPollFast, s.pollEvery)
+	if s.poll == nil {
+		s.poll = time.NewTimer(wait)
+		s.pollC = s.poll.C
+		return
+	}
+	s.poll.Reset(wait)
 }
 
 // pollEndpoints re-reads the endpoints and, when another program changed
 // them, lets the policy act.
 func (s *Service) pollEndpoints() {
+	next := s.pollEvery
+	if s.pollFast > 0 {
+		s.pollFast--
+		next = min(endpointPollFast, s.pollEvery)
+	}
+	s.poll.Reset(next)
 	was := s.endpoints
 	s.refreshEndpoints(nil)
 	if !slices.Equal(was, s.endpoints) {

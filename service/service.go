@@ -114,8 +114,9 @@ type Service struct {
 
 	// NetworkManager (nm.go), also owned by the loop.
 	nm        NMState
-	poll      *time.Ticker     // re-reads the endpoints while NetworkManager is followed; nil otherwise
-	pollEvery time.Duration    // poll's period (endpointPoll)
+	poll      *time.Timer      // re-reads the endpoints while NetworkManager is followed; nil otherwise
+	pollEvery time.Duration    // poll's steady period (endpointPoll)
+	pollFast  int              // polls left at endpointPollFast after a change of NetworkManager's
 	pollC     <-chan time.Time // poll's channel, nil when off
 	takeAway  takeAways        // owned endpoints others removed, per interface
 	warnings  warnings         // what Manager.Warnings says

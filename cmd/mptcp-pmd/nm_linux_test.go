@@ -30,7 +30,7 @@ type nmSetup struct {
 	k   *pmnl.Client // the client namespace's path manager, for the tests' own reads
 }
 
-func newNMSetup(t *testing.T, opts pmtest.LabOptions) *nmSetup {
+func newNMSetup(t testing.TB, opts pmtest.LabOptions) *nmSetup {
 	t.Helper()
 	nmtest.Require(t)
 	lab := pmtest.NewLab(t, opts)
@@ -46,7 +46,7 @@ func newNMSetup(t *testing.T, opts pmtest.LabOptions) *nmSetup {
 // i with its lab address (IPv4 only) and the settings given, then puts the
 // path's source route back (the lab's table 100+i: NetworkManager's
 // takeover of the device flushes it).
-func (s *nmSetup) profile(t *testing.T, nm *nmtest.NM, name string, i int, settings ...string) {
+func (s *nmSetup) profile(t testing.TB, nm *nmtest.NM, name string, i int, settings ...string) {
 	t.Helper()
 	cli := s.lab.Client
 	args := append([]string{"connection", "add", "type", "ethernet", "con-name", name, "ifname", cli.Ifaces[i],
@@ -58,7 +58,7 @@ func (s *nmSetup) profile(t *testing.T, nm *nmtest.NM, name string, i int, setti
 
 // up activates profile name of path i and puts the path's source route
 // back.
-func (s *nmSetup) up(t *testing.T, nm *nmtest.NM, name string, i int) {
+func (s *nmSetup) up(t testing.TB, nm *nmtest.NM, name string, i int) {
 	t.Helper()
 	nm.Nmcli(t, "connection", "up", name)
 	s.lab.Client.Run(t, "ip", "route", "replace", "default", "via", fmt.Sprintf("10.55.%d.2", i),
