@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
@@ -37,6 +38,12 @@ type Address struct {
 	// MPTCP). The endpoints policy adds, changes and removes none there;
 	// the userspace policies use the address as any other.
 	External bool
+	// Preference is the interface's: cheap, expensive or backup (an "off"
+	// interface's addresses are not usable). The handover policy carries
+	// traffic on cheap paths and keeps the others standing by; the others
+	// read the backup flag from Flags, which the service sets for
+	// expensive and backup interfaces.
+	Preference Preference
 }
 
 // Origin says who made an in-kernel endpoint.
@@ -75,8 +82,15 @@ func (e Endpoint) Owned() bool { return e.Origin == OriginPolicy }
 type Subflow struct {
 	Local, Remote netip.AddrPort
 	Interface     string
-	Backup        bool
+	Backup        bool // this end asked for the subflow to be a backup
 	Pending       bool // requested, not yet established (its local port may be 0)
+	// Stalled: data is outstanding on the subflow and nothing was
+	// acknowledged for longer than the stall timeout (the service probes
+	// the subflows' TCP state for the handover policy only).
+	Stalled bool
+	// HealthySince is when the subflow was last seen established and not
+	// stalled without a break since; zero while it is stalled or unknown.
+	HealthySince time.Time
 }
 
 // PeerAddress is an address announced on a connection (ADD_ADDR).
@@ -114,6 +128,10 @@ type View struct {
 	// Endpoints are all the kernel's endpoints, Owned set on those the
 	// built-in policy made.
 	Endpoints []Endpoint
+	// Now is the time of the decision (the handover policy's hysteresis).
+	Now time.Time
+	// Handover holds the handover policy's settings.
+	Handover HandoverSettings
 	// SubflowLimit is the number of extra subflows (beyond the initial one)
 	// a connection may have, as the kernel's limit (0..8). 0 means none.
 	SubflowLimit uint32

@@ -11,13 +11,13 @@ import (
 )
 
 func TestRegistry(t *testing.T) {
-	want := []string{NameEndpoints, NameFullmesh, NameNone, NameSubflowPerInterface}
+	want := []string{NameEndpoints, NameFullmesh, NameHandover, NameNone, NameSubflowPerInterface}
 	if got := Names(); !slices.Equal(got, want) {
 		t.Fatalf("Names() = %v, want %v", got, want)
 	}
 	pms := map[string]string{
 		NameEndpoints: PathManagerKernel, NameSubflowPerInterface: PathManagerUserspace,
-		NameFullmesh: PathManagerUserspace, NameNone: "",
+		NameFullmesh: PathManagerUserspace, NameHandover: PathManagerUserspace, NameNone: "",
 	}
 	for _, name := range want {
 		p, err := New(name)

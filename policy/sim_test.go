@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
@@ -284,6 +285,17 @@ func (g gen) view() View {
 			}
 		}
 	}
+	prefs := map[string]Preference{} // one per interface
+	for i := range v.Addresses {
+		p, ok := prefs[v.Addresses[i].Interface]
+		if !ok {
+			p = Preference(1 + g.r.IntN(3)) // cheap, expensive or backup
+			prefs[v.Addresses[i].Interface] = p
+		}
+		v.Addresses[i].Preference = p
+	}
+	v.Now = simNow
+	v.Handover = HandoverSettings{Cold: g.r.IntN(2) == 0, Hysteresis: 3 * time.Second}
 	if g.r.IntN(3) == 0 {
 		g.r.Shuffle(len(v.Addresses), func(i, j int) { v.Addresses[i], v.Addresses[j] = v.Addresses[j], v.Addresses[i] })
 	} else {
@@ -338,6 +350,19 @@ func (g gen) connection(v View) Connection {
 	if g.r.IntN(4) != 0 {
 		c.Subflows = append(c.Subflows, Subflow{Local: c.Local, Remote: c.Remote})
 	}
+	defer func() { // the established subflows' health, as the service probes it
+		for i := range c.Subflows {
+			s := &c.Subflows[i]
+			switch {
+			case s.Pending:
+			case g.r.IntN(4) == 0:
+				s.Stalled = true
+			case g.r.IntN(3) != 0:
+				s.HealthySince = simNow.Add(-time.Duration(g.r.IntN(6000)) * time.Millisecond)
+			}
+			s.Backup = g.r.IntN(3) == 0
+		}
+	}()
 	for range g.r.IntN(4) {
 		l, r := pick(), remotes[g.r.IntN(len(remotes))]
 		if r.Port() == 0 {
@@ -371,6 +396,9 @@ func (g gen) connection(v View) Connection {
 	}
 	return c
 }
+
+// simNow is the time of the random worlds' decisions.
+var simNow = time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
 
 // TestConverges checks, on random worlds, that every policy's actions are
 // ones the kernel accepts and the policy may take (apply fails on a removed

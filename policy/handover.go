@@ -1,0 +1,195 @@
+package policy
+
+import (
+	"net/netip"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
+)
+
+// NameHandover is the name of the handover policy.
+const NameHandover = "handover"
+
+func init() { Register(NameHandover, func() Policy { return handover{} }) }
+
+// handover carries a client's traffic on its cheap paths and keeps the
+// expensive ones standing by, for the userspace path manager: Apple's
+// "handover" service type, per interface.
+//
+// On an established client-side connection, with the usable addresses'
+// preferences (an interface's addresses share one), a path "works" when a
+// subflow on a cheap interface is established and not stalled (data
+// outstanding and nothing acknowledged for the stall timeout), and is
+// "settled" when it has worked for View.Handover.Hysteresis.
+//
+//   - A stalled subflow other than the initial one is destroyed, when
+//     another subflow works or a standby path exists; a stalled initial
+//     subflow (which the policy does not close) is made backup.
+//   - While a cheap path works: every cheap interface gets a subflow
+//     (non-backup); with a warm standby every expensive or backup
+//     interface gets a backup subflow, with a cold one none. Once a cheap
+//     path has settled, a cheap subflow that is backup is promoted, and a
+//     standby subflow that is not backup is demoted (warm, or the initial
+//     one) or destroyed (cold).
+//   - While none works: the standby subflows are promoted (MP_PRIO) and
+//     standby interfaces without one get a non-backup subflow; cheap
+//     interfaces without a subflow get a backup one, which probes for the
+//     path's return and is promoted once it has settled.
+//
+// Subflows on addresses that are no longer usable are destroyed, as by the
+// other policies. An interface counts as served by any subflow, pending
+// ones included, from one of its addresses. Addresses in c.Failed are not
+// used; no more than v.SubflowLimit extra subflows are made. On the server
+// side it announces as subflow-per-interface does: the client decides.
+type handover struct{}
+
+func (handover) Name() string            { return NameHandover }
+func (handover) PathManager() string     { return PathManagerUserspace }
+func (handover) Endpoints(View) []Action { return nil }
+
+// livePath is an established subflow and the usable address it leaves
+// from.
+type livePath struct {
+	s       Subflow
+	a       Address
+	initial bool
+}
+
+func (handover) Connection(v View, c Connection) []Action {
+	if !c.Established {
+		return nil
+	}
+	addrs := sortedAddresses(v.Addresses)
+	if c.ServerSide {
+		return announceOthers(addrs, &c)
+	}
+	out, extra := staleSubflows(nil, addrs, &c)
+
+	settled := func(s Subflow) bool {
+		return !s.Stalled && !s.HealthySince.IsZero() && v.Now.Sub(s.HealthySince) >= v.Handover.Hysteresis
+	}
+	var paths []livePath
+	working, stable, anyHealthy := false, false, false
+	for _, s := range c.Subflows {
+		a, ok := lookup(addrs, s.Local.Addr())
+		if s.Pending || !ok {
+			continue
+		}
+		p := livePath{s, a, c.isInitial(s)}
+		paths = append(paths, p)
+		if !s.Stalled {
+			anyHealthy = true
+			if a.Preference == PreferCheap {
+				working = true
+				stable = stable || settled(s)
+			}
+		}
+	}
+	standbyExists := false
+	for _, a := range addrs {
+		standbyExists = standbyExists || a.Preference.Standby() && c.sameFamily(a.Addr)
+	}
+
+	// Dead subflows, then the flags of the live ones.
+	gone := map[netip.AddrPort]bool{}
+	for _, p := range paths {
+		switch {
+		case !p.s.Stalled:
+		case p.initial && !p.s.Backup:
+			out = append(out, flagAction(&c, p, true, "no progress on "+p.a.Interface+": the path failed"))
+		case !p.initial && (anyHealthy || standbyExists):
+			out = append(out, destroyAction(&c, p, "no progress on "+p.a.Interface+": the path failed"))
+			gone[p.s.Local] = true
+		}
+	}
+	for _, p := range paths {
+		cheap, standby := p.a.Preference == PreferCheap, p.a.Preference.Standby()
+		switch {
+		case p.s.Stalled:
+		case cheap && p.s.Backup && settled(p.s):
+			out = append(out, flagAction(&c, p, false, p.a.Interface+" has worked for the hysteresis time"))
+		case standby && p.s.Backup && !working:
+			out = append(out, flagAction(&c, p, false, "no cheap path works"))
+		case standby && stable && v.Handover.Cold && !p.initial:
+			out = append(out, destroyAction(&c, p, "a cheap path works again (cold standby)"))
+			gone[p.s.Local] = true
+		case standby && stable && !p.s.Backup:
+			out = append(out, flagAction(&c, p, true, "a cheap path works again"))
+		}
+	}
+
+	// Interfaces without a subflow.
+	left := room(v.SubflowLimit, extra-len(gone))
+	for start := 0; start < len(addrs) && left > 0; {
+		end := start + 1
+		for end < len(addrs) && addrs[end].Interface == addrs[start].Interface {
+			end++
+		}
+		from, to := start, end
+		start = end
+		pref := addrs[from].Preference
+		var backup bool
+		var why string
+		switch {
+		case pref == PreferCheap && working:
+			why = "cheap interface " + addrs[from].Interface + " has no subflow"
+		case pref == PreferCheap:
+			backup, why = true, "no cheap path works: probing "+addrs[from].Interface
+		case pref.Standby() && !working:
+			why = "no cheap path works: standby " + addrs[from].Interface + " takes over"
+		case pref.Standby() && !v.Handover.Cold:
+			backup, why = true, "warm standby on "+addrs[from].Interface
+		default:
+			continue
+		}
+		if servedBy(addrs, from, to, &c, gone) {
+			continue
+		}
+		for i := from; i < to; i++ {
+			a := addrs[i]
+			if c.sameFamily(a.Addr) && pm.CanonicalAddr(a.Addr) != pm.CanonicalAddr(c.Local.Addr()) && firstOf(addrs, i) && !c.failed(a.Addr) {
+				act := subflowTo(&c, a, pm.CanonicalAddrPort(c.Remote), why)
+				act.Backup = backup
+				out = append(out, act)
+				left--
+				break
+			}
+		}
+	}
+	return out
+}
+
+// servedBy reports whether a subflow, pending ones and the initial one
+// included, leaves from one of the addresses addrs[from:to] of an
+// interface, leaving out those in gone.
+func servedBy(addrs []Address, from, to int, c *Connection, gone map[netip.AddrPort]bool) bool {
+	for _, s := range c.Subflows {
+		if gone[s.Local] {
+			continue
+		}
+		k := pm.CanonicalAddr(s.Local.Addr())
+		for i := from; i < to; i++ {
+			if pm.CanonicalAddr(addrs[i].Addr) == k && firstOf(addrs, i) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// flagAction sets the backup flag of p's subflow.
+func flagAction(c *Connection, p livePath, backup bool, why string) Action {
+	return Action{
+		Kind: SetSubflowBackup, Token: c.Token,
+		Local: p.s.Local.Addr(), LocalPort: p.s.Local.Port(), Interface: p.a.Interface,
+		Backup: backup, Remote: p.s.Remote, Reason: why,
+	}
+}
+
+// destroyAction closes p's subflow.
+func destroyAction(c *Connection, p livePath, why string) Action {
+	return Action{
+		Kind: DestroySubflow, Token: c.Token,
+		Local: p.s.Local.Addr(), LocalPort: p.s.Local.Port(), Interface: p.a.Interface,
+		Backup: p.s.Backup, Remote: p.s.Remote, Reason: why,
+	}
+}
