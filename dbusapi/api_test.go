@@ -73,8 +73,11 @@ func argValue(t *testing.T, a introspection.Arg) any {
 	t.Helper()
 	switch a.Type {
 	case "s":
-		if strings.Contains(a.Name, "address") {
+		switch {
+		case strings.Contains(a.Name, "address"):
 			return "10.55.0.1"
+		case a.Name == "interface":
+			return "wwan0"
 		}
 		return ""
 	case "o":

@@ -115,6 +115,7 @@ func clientCalls() []clientCall {
 		{ManagerPath, ManagerInterface, "SetEndpointFlags", []any{uint8(1), []string{"backup"}}, true},
 		{ManagerPath, ManagerInterface, "FlushEndpoints", nil, true},
 		{ManagerPath, ManagerInterface, "SetLimits", []any{uint32(2), uint32(2)}, true},
+		{ManagerPath, ManagerInterface, "SetInterfacePreference", []any{"wwan0", "expensive"}, true},
 		{c1, ConnectionInterface, "AnnounceAddress", []any{"10.55.1.2", uint16(0), uint8(0)}, true},
 		{c1, ConnectionInterface, "RemoveAddress", []any{uint8(5)}, true},
 		{c1, ConnectionInterface, "CreateSubflow", []any{"10.55.1.2", "10.55.1.1", uint16(80), noOpts}, true},
@@ -353,7 +354,7 @@ func backendCallers(be *fakeBackend) (methods []string, callers []service.Caller
 // in order.
 var mutatingMethods = []string{
 	"RegisterController", "UnregisterController", "RevokeController", "AddEndpoint", "RemoveEndpoint", "SetEndpointFlags",
-	"FlushEndpoints", "SetLimits", "AnnounceAddress", "RemoveAddress", "CreateSubflow", "RemoveSubflow", "SetSubflowBackup",
+	"FlushEndpoints", "SetLimits", "SetInterfacePreference", "AnnounceAddress", "RemoveAddress", "CreateSubflow", "RemoveSubflow", "SetSubflowBackup",
 }
 
 // checkAllowed checks that the backend ran every mutating call of the

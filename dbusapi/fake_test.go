@@ -121,6 +121,10 @@ func (f *fakeBackend) FlushEndpoints(_ context.Context, c service.Caller) error 
 	return f.record("FlushEndpoints", c)
 }
 
+func (f *fakeBackend) SetInterfacePreference(_ context.Context, c service.Caller, name, pref string) error {
+	return f.record("SetInterfacePreference", c, name, pref)
+}
+
 func (f *fakeBackend) SetLimits(_ context.Context, c service.Caller, l service.Limits) error {
 	return f.record("SetLimits", c, l)
 }
@@ -312,6 +316,7 @@ var (
 		Limits:         service.Limits{Subflows: 8, AddAddrAccepted: 4},
 		LocalAddresses: []service.LocalAddress{{Interface: "c0", Address: netip.MustParseAddr("10.55.0.1")}},
 		Warnings:       []string{"strict reverse-path filtering (rp_filter 1) on c0"},
+		Preferences:    map[string]string{"c0": "cheap", "wwan0": "expensive"},
 	}
 )
 
@@ -341,10 +346,11 @@ var (
 			{uint8(1), "10.55.1.1", uint16(0), []string{"subflow", "backup"}, "c1", "policy"},
 			{uint8(2), "fe80::1", uint16(1234), []string{}, "", "external"},
 		},
-		"Limits":         []any{uint32(8), uint32(4)},
-		"LocalAddresses": [][]any{{"c0", "10.55.0.1"}},
-		"SignalsDropped": uint64(0),
-		"Warnings":       []string{"strict reverse-path filtering (rp_filter 1) on c0"},
+		"Limits":               []any{uint32(8), uint32(4)},
+		"LocalAddresses":       [][]any{{"c0", "10.55.0.1"}},
+		"SignalsDropped":       uint64(0),
+		"Warnings":             []string{"strict reverse-path filtering (rp_filter 1) on c0"},
+		"InterfacePreferences": map[string]string{"c0": "cheap", "wwan0": "expensive"},
 	}
 )
 

@@ -659,6 +659,12 @@ func TestGuardSignature(t *testing.T) {
 		{"SetLimits", []any{uint32(1)}, errorInvalidArgs},
 		{"FlushEndpoints", nil, ""},
 		{"FlushEndpoints", []any{true}, errorInvalidArgs},
+		{"SetInterfacePreference", []any{"wwan0", "expensive"}, ""},
+		{"SetInterfacePreference", []any{"wwan0", "default"}, ""},
+		{"SetInterfacePreference", []any{"wwan0", "pricey"}, ErrorInvalidArguments},
+		{"SetInterfacePreference", []any{"a/b", "cheap"}, ErrorInvalidArguments},
+		{"SetInterfacePreference", []any{"", "cheap"}, ErrorInvalidArguments},
+		{"SetInterfacePreference", []any{"wwan0"}, errorInvalidArgs},
 		{"RemoveEndpoint", []any{uint32(259)}, errorInvalidArgs},
 		{"RemoveEndpoint", []any{uint8(3)}, ""},
 		{"GetConnectionByToken", []any{uint64(conn1.Token)}, errorInvalidArgs},
@@ -674,7 +680,8 @@ func TestGuardSignature(t *testing.T) {
 	for _, c := range h.be.takeCalls() {
 		got = append(got, fmt.Sprint(c.Method, c.Args))
 	}
-	if want := []string{"SetLimits[{1 2}]", "FlushEndpoints[]", "RemoveEndpoint[3]"}; !slices.Equal(got, want) {
+	if want := []string{"SetLimits[{1 2}]", "FlushEndpoints[]", "SetInterfacePreference[wwan0 expensive]",
+		"SetInterfacePreference[wwan0 default]", "RemoveEndpoint[3]"}; !slices.Equal(got, want) {
 		t.Errorf("backend calls %q, want %q", got, want)
 	}
 }

@@ -20,16 +20,17 @@ import (
 
 func (s *Server) managerMethods() map[string]any {
 	return map[string]any{
-		"RegisterController":   s.registerController,
-		"UnregisterController": s.unregisterController,
-		"RevokeController":     s.revokeController,
-		"GetConnectionByToken": s.getConnectionByToken,
-		"AddEndpoint":          s.addEndpoint,
-		"RemoveEndpoint":       s.removeEndpoint,
-		"SetEndpointFlags":     s.setEndpointFlags,
-		"FlushEndpoints":       s.flushEndpoints,
-		"SetLimits":            s.setLimits,
-		"ListAddresses":        s.listAddresses,
+		"RegisterController":     s.registerController,
+		"UnregisterController":   s.unregisterController,
+		"RevokeController":       s.revokeController,
+		"GetConnectionByToken":   s.getConnectionByToken,
+		"AddEndpoint":            s.addEndpoint,
+		"RemoveEndpoint":         s.removeEndpoint,
+		"SetEndpointFlags":       s.setEndpointFlags,
+		"FlushEndpoints":         s.flushEndpoints,
+		"SetLimits":              s.setLimits,
+		"SetInterfacePreference": s.setInterfacePreference,
+		"ListAddresses":          s.listAddresses,
 	}
 }
 
@@ -345,6 +346,21 @@ func (s *Server) setLimits(msg dbus.Message, subflows, addAddrAccepted uint32) *
 		return derr
 	}
 	return dbusError(s.b.SetLimits(s.ctx, c, service.Limits{Subflows: subflows, AddAddrAccepted: addAddrAccepted}))
+}
+
+func (s *Server) setInterfacePreference(msg dbus.Message, name, pref string) *dbus.Error {
+	if _, err := policy.ParsePreference(pref); err != nil && pref != "default" {
+		return dbusError(fmt.Errorf("%w: %q is not a preference (cheap, expensive, backup, off, or \"\" for the default)",
+			service.ErrInvalidArguments, pref))
+	}
+	if name == "" || len(name) > 15 || strings.ContainsAny(name, "/: \t\n\x00") {
+		return dbusError(fmt.Errorf("%w: %q is not an interface name", service.ErrInvalidArguments, name))
+	}
+	c, derr := s.authorize(msg)
+	if derr != nil {
+		return derr
+	}
+	return dbusError(s.b.SetInterfacePreference(s.ctx, c, name, pref))
 }
 
 // connectionCall checks that msg was sent to a known connection object and

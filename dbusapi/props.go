@@ -53,15 +53,16 @@ func managerProps(m service.Manager) map[string]dbus.Variant {
 		las = append(las, localAddressWire{a.Interface, addrString(a.Address)})
 	}
 	return map[string]dbus.Variant{
-		"Version":           variantOf(m.Version),
-		"ControlMode":       variantOf(m.ControlMode),
-		"Controller":        variantOf(m.Controller),
-		"Policy":            variantOf(m.Policy),
-		"KernelPathManager": variantOf(m.KernelPathManager),
-		"Endpoints":         variantOf(eps),
-		"Limits":            variantOf(limitsWire{m.Limits.Subflows, m.Limits.AddAddrAccepted}),
-		"LocalAddresses":    variantOf(las),
-		"Warnings":          variantOf(nonNil(m.Warnings)),
+		"Version":              variantOf(m.Version),
+		"ControlMode":          variantOf(m.ControlMode),
+		"Controller":           variantOf(m.Controller),
+		"Policy":               variantOf(m.Policy),
+		"KernelPathManager":    variantOf(m.KernelPathManager),
+		"Endpoints":            variantOf(eps),
+		"Limits":               variantOf(limitsWire{m.Limits.Subflows, m.Limits.AddAddrAccepted}),
+		"LocalAddresses":       variantOf(las),
+		"Warnings":             variantOf(nonNil(m.Warnings)),
+		"InterfacePreferences": variantOf(nonNilMap(m.Preferences)),
 	}
 }
 
@@ -121,7 +122,7 @@ func connectionPropsNamed(c service.Connection, names []string) map[string]dbus.
 var signatures = func() map[string]dbus.Signature {
 	m := make(map[string]dbus.Signature)
 	for _, v := range []any{uint8(0), false, int16(0), uint16(0), int32(0), uint32(0), int64(0), uint64(0), 0.0, "",
-		dbus.ObjectPath("/"), []string{}, []subflowWire{}, []addressWire{}, []endpointWire{}, limitsWire{}, []localAddressWire{}} {
+		dbus.ObjectPath("/"), []string{}, map[string]string{}, []subflowWire{}, []addressWire{}, []endpointWire{}, limitsWire{}, []localAddressWire{}} {
 		m[sigOf(v)] = dbus.SignatureOf(v)
 	}
 	return m
@@ -170,4 +171,12 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
+}
+
+// nonNilMap returns m, or an empty map for nil.
+func nonNilMap(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
 }

@@ -41,6 +41,9 @@ type Backend interface {
 	SetEndpointFlags(ctx context.Context, c service.Caller, id uint8, flags pm.Flags) error
 	FlushEndpoints(ctx context.Context, c service.Caller) error
 	SetLimits(ctx context.Context, c service.Caller, l service.Limits) error
+	// SetInterfacePreference sets an interface's preference ("" = back
+	// to the configured one).
+	SetInterfacePreference(ctx context.Context, c service.Caller, name, pref string) error
 
 	AnnounceAddress(ctx context.Context, c service.Caller, conn uint64, addr netip.Addr, port uint16, id uint8) (uint8, error)
 	RemoveAddress(ctx context.Context, c service.Caller, conn uint64, id uint8) error

@@ -280,6 +280,8 @@ func sigOf(v any) string {
 		return "as"
 	case []dbus.ObjectPath:
 		return "ao"
+	case map[string]string:
+		return "a{ss}"
 	case map[string]dbus.Variant:
 		return "a{sv}"
 	case map[string]map[string]dbus.Variant:
@@ -347,6 +349,14 @@ func (e *encoder) value(v any) {
 		at, start := e.beginArray(4)
 		for _, p := range v {
 			e.path(p)
+		}
+		e.endArray(at, start)
+	case map[string]string:
+		at, start := e.beginArray(8)
+		for k, s := range v {
+			e.align(8)
+			e.str(k)
+			e.str(s)
 		}
 		e.endArray(at, start)
 	case map[string]dbus.Variant:

@@ -283,7 +283,7 @@ func TestVariantOf(t *testing.T) {
 			}
 		}
 	}
-	if len(props) != len(connectionPropNames)+9 {
+	if len(props) != len(connectionPropNames)+10 {
 		t.Fatalf("%d properties", len(props))
 	}
 	for k, v := range props {

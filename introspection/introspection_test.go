@@ -17,22 +17,24 @@ var contract = map[string]struct {
 }{
 	Manager: {
 		methods: map[string]string{
-			"RegisterController":   "oa{sv}->",
-			"UnregisterController": "o->",
-			"RevokeController":     "->", // an addition to version 1 (taking control back)
-			"GetConnectionByToken": "u->o",
-			"AddEndpoint":          "sqassy->y",
-			"RemoveEndpoint":       "y->",
-			"SetEndpointFlags":     "yas->",
-			"FlushEndpoints":       "->",
-			"SetLimits":            "uu->",
-			"ListAddresses":        "->a(ssbs)", // an addition to version 1 (mptcpctl addresses)
+			"RegisterController":     "oa{sv}->",
+			"UnregisterController":   "o->",
+			"RevokeController":       "->", // an addition to version 1 (taking control back)
+			"GetConnectionByToken":   "u->o",
+			"AddEndpoint":            "sqassy->y",
+			"RemoveEndpoint":         "y->",
+			"SetEndpointFlags":       "yas->",
+			"FlushEndpoints":         "->",
+			"SetLimits":              "uu->",
+			"ListAddresses":          "->a(ssbs)", // an addition to version 1 (mptcpctl addresses)
+			"SetInterfacePreference": "ss->",
 		},
 		signals: map[string]string{},
 		properties: map[string]string{
 			"Version": "s", "ControlMode": "s", "Controller": "s", "Policy": "s",
 			"KernelPathManager": "s", "Endpoints": "a(ysqasss)", "Limits": "(uu)",
 			"LocalAddresses": "a(ss)", "SignalsDropped": "t", "Warnings": "as",
+			"InterfacePreferences": "a{ss}",
 		},
 	},
 	Connection: {

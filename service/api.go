@@ -55,6 +55,10 @@ type Manager struct {
 	// filtering on a usable interface or another program fighting over
 	// the endpoints; each ends when its cause does.
 	Warnings []string
+	// Preferences are the interface preferences in force (cheap,
+	// expensive, backup, off), by interface name, for every interface
+	// but loopbacks (InterfacePreferences).
+	Preferences map[string]string
 }
 
 // Limits are the in-kernel path manager's limits.

@@ -3,6 +3,7 @@ package service
 import (
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/policy"
@@ -43,6 +44,8 @@ type Config struct {
 	// whose members may call the mutating D-Bus methods, as root may.
 	// Others need polkit's yes.
 	AuthGroups []string
+	// Handover ([handover]) holds the handover policy's settings.
+	Handover HandoverConfig
 	// NetworkManager (network_manager) says how the daemon treats
 	// NetworkManager: NetworkManagerAuto ("auto", also "") follows it while
 	// it is on the bus, NetworkManagerIgnore ("ignore") does not.
@@ -51,7 +54,28 @@ type Config struct {
 
 // InterfaceConfig overrides settings for one interface.
 type InterfaceConfig struct {
-	Flags pm.Flags // endpoint flags for the interface's addresses
+	// Flags are the endpoint flags of the interface's addresses, unless
+	// FlagsDefault (the [interfaces.NAME] table sets no flags): then the
+	// [endpoints] flags apply, with backup added for an expensive or
+	// backup interface.
+	Flags        pm.Flags
+	FlagsDefault bool
+	// Preference (preference) is the interface's: cheap, expensive,
+	// backup or off; unset falls back to NetworkManager's metered state and
+	// the interface's kind (Service.preference).
+	Preference policy.Preference
+}
+
+// HandoverConfig are the handover policy's settings ([handover]).
+type HandoverConfig struct {
+	Cold bool // standby = "cold": standby subflows only when no cheap path works
+	// StallTimeout (stall_timeout): a subflow with data outstanding and
+	// nothing acknowledged for this long (or three round trips, if
+	// longer) has failed.
+	StallTimeout time.Duration
+	// Hysteresis (hysteresis): how long a cheap path must have worked
+	// again before traffic moves back to it.
+	Hysteresis time.Duration
 }
 
 // DefaultConfig returns the configuration used when the file sets nothing:
@@ -64,18 +88,19 @@ func DefaultConfig() Config {
 		Filter:         policy.DefaultFilter(),
 		EndpointFlags:  pm.FlagSubflow,
 		RemoveOnExit:   true,
+		Handover:       HandoverConfig{StallTimeout: 500 * time.Millisecond, Hysteresis: 5 * time.Second},
 		NetworkManager: NetworkManagerAuto,
 	}
 }
 
 // flagsFor returns the flags of the addresses of interface name: those of
-// [interfaces.NAME], else the endpoint flags, with backup added when
-// NetworkManager says the interface is metered.
+// [interfaces.NAME] flags, else the endpoint flags, with backup added when
+// the interface's preference is expensive or backup.
 func (s *Service) flagsFor(name string) pm.Flags {
-	if ic, ok := s.cfg.Interfaces[name]; ok {
+	if ic, ok := s.cfg.Interfaces[name]; ok && !ic.FlagsDefault {
 		return ic.Flags
 	}
-	if s.net.nm[name].Metered {
+	if s.preference(name).Standby() {
 		return s.cfg.EndpointFlags | pm.FlagBackup
 	}
 	return s.cfg.EndpointFlags
@@ -103,6 +128,12 @@ func (c *Config) Validate() error {
 		if err := pm.CheckEndpointFlags(ic.Flags); err != nil {
 			return fmt.Errorf("config: interfaces.%s.flags: %w", name, err)
 		}
+		if ic.Preference > policy.PreferOff {
+			return fmt.Errorf("config: interfaces.%s.preference: %v", name, ic.Preference)
+		}
+	}
+	if c.Handover.StallTimeout <= 0 || c.Handover.Hysteresis <= 0 {
+		return fmt.Errorf("config: handover: stall_timeout and hysteresis must be positive")
 	}
 	return nil
 }

@@ -69,6 +69,8 @@ type netState struct {
 	// nm is NetworkManager's activated interfaces by name, when the
 	// service follows it (Service.nmView); nil otherwise.
 	nm map[string]NMInterface
+	// off holds the interfaces whose preference is off: not usable.
+	off map[string]bool
 }
 
 type addrKey struct {
@@ -184,8 +186,12 @@ func (n *netState) usable(f policy.FilterConfig) []policy.Address {
 // usable.
 func (n *netState) check(f policy.FilterConfig, l Link, a LinkAddress) (bool, string) {
 	ok, reason := f.Check(n.candidate(l, a))
-	if i, managed := n.nm[l.Name]; ok && managed && i.MPTCPDisabled {
+	switch i, managed := n.nm[l.Name]; {
+	case !ok:
+	case managed && i.MPTCPDisabled:
 		return false, reasonNMDisabled
+	case n.off[l.Name]:
+		return false, reasonPrefOff
 	}
 	return ok, reason
 }

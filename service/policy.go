@@ -81,7 +81,11 @@ func (s *Service) acting() bool { return s.ctl == nil && s.synced }
 // view returns what the policy decides on. The slices are shared: the
 // policies do not change them.
 func (s *Service) view() policy.View {
-	return policy.View{Addresses: s.usable, Endpoints: s.endpoints, SubflowLimit: s.limits.Subflows}
+	h := s.handover()
+	return policy.View{
+		Addresses: s.usable, Endpoints: s.endpoints, SubflowLimit: s.limits.Subflows, Now: s.now(),
+		Handover: policy.HandoverSettings{Cold: h.Cold, Hysteresis: h.Hysteresis},
+	}
 }
 
 // checkPathManager says, at start and reload, when the policy needs the
@@ -257,14 +261,22 @@ func (s *Service) policyConn(c *conn) policy.Connection {
 		Established: c.established,
 		Local:       c.local,
 		Remote:      c.remote,
-		Subflows:    make([]policy.Subflow, 0, len(c.subflows)+len(c.pending)),
+		Subflows:    make([]policy.Subflow, 0, len(c.subflows)+len(c.pending)+1),
+	}
+	if c.local.IsValid() && c.remote.IsValid() { // the initial subflow
+		t := tuple{c.local, c.remote}
+		stalled, since := c.healthOf(t)
+		pc.Subflows = append(pc.Subflows, policy.Subflow{Local: t.local, Remote: t.remote, Backup: c.backupLocal[t],
+			Stalled: stalled, HealthySince: since})
 	}
 	for _, sf := range c.subflows {
 		t := tuple{netip.AddrPortFrom(sf.LocalAddress, sf.LocalPort), netip.AddrPortFrom(sf.RemoteAddress, sf.RemotePort)}
-		if slices.Contains(c.closing, t) {
-			continue // going: the policy asked for that already
+		if slices.Contains(c.closing, t) || t == (tuple{c.local, c.remote}) {
+			continue // going (the policy asked for that already), or the initial one
 		}
-		pc.Subflows = append(pc.Subflows, policy.Subflow{Local: t.local, Remote: t.remote, Interface: sf.Interface, Backup: c.backupLocal[t]})
+		stalled, since := c.healthOf(t)
+		pc.Subflows = append(pc.Subflows, policy.Subflow{Local: t.local, Remote: t.remote, Interface: sf.Interface,
+			Backup: c.backupLocal[t], Stalled: stalled, HealthySince: since})
 	}
 	for _, p := range c.pending {
 		pc.Subflows = append(pc.Subflows, policy.Subflow{

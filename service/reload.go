@@ -50,6 +50,7 @@ func (s *Service) Reload(ctx context.Context, cfg Config) error {
 			s.updateUsable()
 			s.reconcile()
 		}
+		s.publishPreferences()
 		s.log.Info("configuration reloaded", "policy", cfg.Policy)
 		return nil
 	})

@@ -54,6 +54,9 @@ type Deps struct {
 	// Config.SetPathManager; nil = pm.SetPathManagerType.
 	SetPathManager func(string) error
 	Version        string // the daemon's version (Manager.Version)
+	// Preferences keeps the interface preferences set at run time across
+	// restarts; nil = they last until the daemon stops.
+	Preferences Preferences
 	// NetworkManager is what NetworkManager said at start
 	// (SetNetworkManager tells the changes); zero = not running.
 	NetworkManager NMState
@@ -120,6 +123,13 @@ type Service struct {
 	pollC     <-chan time.Time // poll's channel, nil when off
 	takeAway  takeAways        // owned endpoints others removed, per interface
 	warnings  warnings         // what Manager.Warnings says
+
+	// Interface preferences and probes (handover.go), also owned by the
+	// loop but probeEvery, which the prober reads.
+	prefs      map[string]policy.Preference // set at run time
+	prefStore  Preferences
+	lastPrefs  map[string]string // InterfacePreferences as last published
+	probeEvery atomic.Int64      // ProbeInterval, in ns
 }
 
 // New returns a service with the configuration and dependencies. It does
@@ -146,6 +156,7 @@ func New(cfg Config, d Deps) *Service {
 		setPM:       d.SetPathManager,
 		sysctl:      d.Sysctl,
 		nm:          d.NetworkManager,
+		prefStore:   d.Preferences,
 		now:         time.Now,
 		backoff:     defaultBackoff,
 		pendingTO:   pendingTimeout,
@@ -201,6 +212,7 @@ func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-c
 	s.live = true
 	errClosed := errors.New("service: the kernel event channel was closed")
 	for {
+		s.updateProbing()
 		s.flush() // what the last event, change or timer published
 		// Kernel events first: a client calling in a loop must not delay
 		// them. Requests are served whenever no event is waiting.
@@ -285,6 +297,7 @@ func (s *Service) start() error {
 	}
 	s.net.nm = s.nmView()
 	s.armEndpointPoll()
+	s.loadPreferences()
 	s.refreshPathManager()
 	if l := s.cfg.Limits; l != nil {
 		if err := s.k.SetLimits(pm.Limits(*l)); err != nil {
@@ -359,10 +372,13 @@ func (s *Service) handleNet(ev NetEvent) {
 // publishes LocalAddresses if they changed, and reports whether what the
 // policy sees changed.
 func (s *Service) updateUsable() bool {
+	s.net.off = s.offInterfaces()
 	usable := s.net.usable(s.cfg.Filter)
 	for i := range usable {
 		usable[i].Flags = s.flagsFor(usable[i].Interface)
+		usable[i].Preference = s.preference(usable[i].Interface)
 	}
+	s.publishPreferences()
 	if slices.Equal(usable, s.usable) {
 		return false
 	}
@@ -415,6 +431,7 @@ func (s *Service) manager() Manager {
 		LocalAddresses:    slices.Clone(s.local),
 		ConnectionCount:   len(s.conns.byToken),
 		Warnings:          s.warnings.list(),
+		Preferences:       s.preferences(),
 	}
 	if s.ctl != nil {
 		m.ControlMode = ModeController

@@ -34,6 +34,9 @@ type conn struct {
 	// so, or set with SET_FLAGS): the events carry only the peer's
 	// request. nil when there is none.
 	backupLocal map[tuple]bool
+	// health is what the probes say of the subflows, initial one
+	// included, by canonical tuple (handover policy only).
+	health map[tuple]health
 }
 
 // setBackupLocal records this end's backup request for subflow t.

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -46,6 +47,7 @@ type fileConfig struct {
 	Filter         fileFilter                   `toml:"filter"`
 	Endpoints      fileEndpoints                `toml:"endpoints"`
 	Interfaces     map[string]fileInterfaceConf `toml:"interfaces"`
+	Handover       fileHandover                 `toml:"handover"`
 
 	Authorization fileAuthorization `toml:"authorization"`
 }
@@ -104,7 +106,59 @@ type fileEndpoints struct {
 }
 
 type fileInterfaceConf struct {
-	Flags *flagWords `toml:"flags"`
+	Flags      *flagWords     `toml:"flags"`
+	Preference preferenceWord `toml:"preference"`
+}
+
+type fileHandover struct {
+	Standby      standbyWord `toml:"standby"`
+	StallTimeout *duration   `toml:"stall_timeout"`
+	Hysteresis   *duration   `toml:"hysteresis"`
+}
+
+// preferenceWord is an interface's preference: cheap, expensive, backup
+// or off.
+type preferenceWord policy.Preference
+
+func (p *preferenceWord) UnmarshalTOML(v any) error {
+	s, ok := v.(string)
+	if !ok {
+		return fmt.Errorf("preference must be a string, not %T", v)
+	}
+	pref, err := policy.ParsePreference(s)
+	if err != nil || pref == policy.PreferUnset {
+		return fmt.Errorf("preference must be cheap, expensive, backup or off, not %q", s)
+	}
+	*p = preferenceWord(pref)
+	return nil
+}
+
+// standbyWord is the handover policy's standby: "warm" or "cold".
+type standbyWord string
+
+func (w *standbyWord) UnmarshalTOML(v any) error {
+	s, ok := v.(string)
+	if !ok || s != "warm" && s != "cold" {
+		return fmt.Errorf("standby must be \"warm\" or \"cold\", not %v", v)
+	}
+	*w = standbyWord(s)
+	return nil
+}
+
+// duration is a Go duration string ("150ms", "3s"), positive.
+type duration time.Duration
+
+func (d *duration) UnmarshalTOML(v any) error {
+	s, ok := v.(string)
+	if !ok {
+		return fmt.Errorf("want a duration such as \"500ms\", not %T", v)
+	}
+	x, err := time.ParseDuration(s)
+	if err != nil || x <= 0 {
+		return fmt.Errorf("want a positive duration such as \"500ms\", not %q", s)
+	}
+	*d = duration(x)
+	return nil
 }
 
 // nmSetting is network_manager: "auto" or "ignore".
@@ -263,11 +317,19 @@ func parse(name, data string) (service.Config, error) {
 		if cfg.Interfaces == nil {
 			cfg.Interfaces = make(map[string]service.InterfaceConfig)
 		}
-		flags := cfg.EndpointFlags
+		c := service.InterfaceConfig{Flags: cfg.EndpointFlags, FlagsDefault: true, Preference: policy.Preference(ic.Preference)}
 		if ic.Flags != nil {
-			flags = pm.Flags(*ic.Flags)
+			c.Flags, c.FlagsDefault = pm.Flags(*ic.Flags), false
 		}
-		cfg.Interfaces[ifname] = service.InterfaceConfig{Flags: flags}
+		cfg.Interfaces[ifname] = c
+	}
+	cfg.Handover = def.Handover
+	cfg.Handover.Cold = fc.Handover.Standby == "cold"
+	if d := fc.Handover.StallTimeout; d != nil {
+		cfg.Handover.StallTimeout = time.Duration(*d)
+	}
+	if d := fc.Handover.Hysteresis; d != nil {
+		cfg.Handover.Hysteresis = time.Duration(*d)
 	}
 	return cfg, nil
 }

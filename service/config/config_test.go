@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/policy"
@@ -77,9 +78,10 @@ flags = ["subflow", "backup"]
 		EndpointFlags:  pm.FlagSubflow | pm.FlagSignal,
 		SetPathManager: true,
 		NetworkManager: service.NetworkManagerIgnore,
+		Handover:       service.HandoverConfig{StallTimeout: 500 * time.Millisecond, Hysteresis: 5 * time.Second},
 		Interfaces: map[string]service.InterfaceConfig{
 			"wwan0": {Flags: pm.FlagSubflow | pm.FlagBackup},
-			"eth1":  {Flags: pm.FlagSubflow | pm.FlagSignal}, // the [endpoints] flags
+			"eth1":  {Flags: pm.FlagSubflow | pm.FlagSignal, FlagsDefault: true}, // the [endpoints] flags
 		},
 	}
 	if !reflect.DeepEqual(cfg, want) {
