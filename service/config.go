@@ -15,6 +15,7 @@ const (
 	PolicyEndpoints           = policy.NameEndpoints
 	PolicySubflowPerInterface = policy.NameSubflowPerInterface
 	PolicyFullmesh            = policy.NameFullmesh
+	PolicyHandover            = policy.NameHandover
 	PolicyNone                = policy.NameNone
 )
 

@@ -2,8 +2,13 @@ package service
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
 	"maps"
 	"net/netip"
+	"os"
 	"path"
 	"strings"
 	"time"
@@ -276,4 +281,38 @@ func (s *Service) ProbeSubflows(ctx context.Context, probes []SubflowProbe) erro
 func (c *conn) healthOf(t tuple) (stalled bool, since time.Time) {
 	h := c.health[tuple{pm.CanonicalAddrPort(t.local), pm.CanonicalAddrPort(t.remote)}]
 	return h.stalled, h.since
+}
+
+// FilePreferences keeps the preferences set at run time in a JSON file
+// (an object of interface names to preferences), written atomically. In
+// the runtime directory they last across restarts of the daemon, not
+// across reboots.
+type FilePreferences struct{ Path string }
+
+// Load reads the file; a missing one holds nothing.
+func (f FilePreferences) Load() (map[string]string, error) {
+	data, err := os.ReadFile(f.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	var m map[string]string
+	if err == nil {
+		err = json.Unmarshal(data, &m)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("preferences: %w", err)
+	}
+	return m, nil
+}
+
+// Save replaces the file's content with m.
+func (f FilePreferences) Save(m map[string]string) error {
+	data, err := json.MarshalIndent(m, "", "\t")
+	if err == nil {
+		err = writeFileAtomic(f.Path, append(data, '\n'))
+	}
+	if err != nil {
+		return fmt.Errorf("preferences: %w", err)
+	}
+	return nil
 }

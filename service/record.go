@@ -135,15 +135,25 @@ func (r *FileRecord) Save(eps []policy.Endpoint) error {
 		})
 	}
 	data, err := json.MarshalIndent(f, "", "\t")
+	if err == nil {
+		err = writeFileAtomic(r.Path, append(data, '\n'))
+	}
 	if err != nil {
 		return fmt.Errorf("record: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(r.Path), "."+filepath.Base(r.Path)+".*")
+	return nil
+}
+
+// writeFileAtomic replaces the file at path with data: a new file beside
+// it, synced, then renamed over it, so that a crash leaves the old file or
+// the new one.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
-		return fmt.Errorf("record: %w", err)
+		return err
 	}
 	defer os.Remove(tmp.Name()) // after a successful rename, there is nothing to remove
-	_, err = tmp.Write(append(data, '\n'))
+	_, err = tmp.Write(data)
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -151,12 +161,9 @@ func (r *FileRecord) Save(eps []policy.Endpoint) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp.Name(), r.Path)
+		err = os.Rename(tmp.Name(), path)
 	}
-	if err != nil {
-		return fmt.Errorf("record: %w", err)
-	}
-	return nil
+	return err
 }
 
 // CurrentBoot returns this boot's id (/proc/sys/kernel/random/boot_id).

@@ -193,16 +193,17 @@ type pmd struct {
 	log     *slog.Logger
 	sd      *notifier
 
-	client *pmnl.Client
-	events *pmnl.EventListener
-	diag   *diag.Client
-	pmType *pm.PathManagerReader // net.mptcp.path_manager, kept open: read at every CREATED
-	mon    *netmon.Monitor
-	conn   *dbus.Conn
-	nm     *nmmon.Watcher // nil when NetworkManager is ignored
-	svc    *service.Service
-	auth   *dbusapi.BusAuthorizer
-	srv    *dbusapi.Server
+	client  *pmnl.Client
+	events  *pmnl.EventListener
+	diag    *diag.Client
+	pmType  *pm.PathManagerReader // net.mptcp.path_manager, kept open: read at every CREATED
+	mon     *netmon.Monitor
+	conn    *dbus.Conn
+	nm      *nmmon.Watcher // nil when NetworkManager is ignored
+	probing bool           // the prober runs (probeSubflows)
+	svc     *service.Service
+	auth    *dbusapi.BusAuthorizer
+	srv     *dbusapi.Server
 }
 
 // open checks that the kernel has MPTCP, opens the path manager's command
@@ -250,6 +251,7 @@ func (d *pmd) open(ctx context.Context) error {
 	deps.NetworkManager = d.watchNM(ctx)
 	if rec := d.openRecord(); rec != nil {
 		deps.Record = rec
+		deps.Preferences = service.FilePreferences{Path: filepath.Join(d.opts.runtimeDir, preferencesFile)}
 	}
 	d.svc = service.New(d.cfg, deps)
 	d.auth = dbusapi.NewAuthorizer(d.conn, dbusapi.AuthOptions{Groups: d.cfg.AuthGroups, Logger: d.log})
@@ -285,6 +287,10 @@ func (d *pmd) busHealth() error {
 // recordFile is the name of the record of the daemon's endpoints in the
 // runtime directory.
 const recordFile = "endpoints.json"
+
+// preferencesFile is the name of the file of the interface preferences set
+// at run time, in the runtime directory.
+const preferencesFile = "preferences.json"
 
 // openRecord returns the record of the daemon's endpoints in the runtime
 // directory, made if missing, or nil (with a warning) when there can be
@@ -351,6 +357,7 @@ func (d *pmd) serve(ctx context.Context, stop func(), hup <-chan os.Signal) erro
 	if d.nm != nil {
 		go followNM(ctx, d.nm, d.svc, d.log)
 	}
+	d.startProber(ctx)
 	// The name appears once the start is complete: the host's addresses
 	// are known, the live connections adopted and the policy has acted.
 	select {
@@ -436,6 +443,7 @@ func (d *pmd) reload(ctx context.Context) {
 		return
 	}
 	d.cfg = cfg
+	d.startProber(ctx)
 	if d.nm == nil && cfg.NetworkManager != service.NetworkManagerIgnore {
 		// Started with network_manager = "ignore": follow it from now on.
 		if st := d.watchNM(ctx); d.nm != nil {

@@ -243,6 +243,10 @@ func attrU32(v []byte) uint32 {
 
 // Offsets in struct tcp_info (include/uapi/linux/tcp.h).
 const (
+	tcpiRetransmits   = 2
+	tcpiUnacked       = 24
+	tcpiLastDataSent  = 44
+	tcpiLastAckRecv   = 56
 	tcpiSndMSS        = 16
 	tcpiRTT           = 68
 	tcpiRTTVar        = 72
@@ -265,7 +269,12 @@ func decodeTCPInfo(b []byte) TCPInfo {
 		}
 		return time.Duration(v) * time.Microsecond
 	}
+	ms := func(off int) time.Duration { return time.Duration(f.u32(off)) * time.Millisecond }
 	return TCPInfo{
+		Retransmits:   f.u8(tcpiRetransmits),
+		Unacked:       f.u32(tcpiUnacked),
+		LastDataSent:  ms(tcpiLastDataSent),
+		LastAckRecv:   ms(tcpiLastAckRecv),
 		RTT:           us(tcpiRTT),
 		RTTVar:        us(tcpiRTTVar),
 		MinRTT:        us(tcpiMinRTT),

@@ -199,6 +199,10 @@ func flagString(f uint32, names []string) string {
 // TCPInfo holds a few fields of a subflow's struct tcp_info. Fields the
 // kernel did not send are zero.
 type TCPInfo struct {
+	Retransmits   uint8         // retransmission timeouts in a row (tcpi_retransmits)
+	Unacked       uint32        // segments sent and not acknowledged (tcpi_unacked)
+	LastDataSent  time.Duration // since data was last sent, to the millisecond (tcpi_last_data_sent)
+	LastAckRecv   time.Duration // since an acknowledgement was last received (tcpi_last_ack_recv)
 	RTT           time.Duration // smoothed round-trip time (tcpi_rtt)
 	RTTVar        time.Duration // its variance (tcpi_rttvar)
 	MinRTT        time.Duration // the minimum RTT seen (tcpi_min_rtt)

@@ -504,8 +504,8 @@ func (k *FakeKernel) DestroySubflow(token uint32, local, remote netip.AddrPort) 
 }
 
 // SetSubflowFlags sets the backup flag of the subflows from local (port 0:
-// any port) to remote; none is refused (EINVAL). Like the kernel, it sends
-// no event for a change made here.
+// any port) to remote, the initial one included; none is refused (EINVAL).
+// Like the kernel, it sends no event for a change made here.
 func (k *FakeKernel) SetSubflowFlags(token uint32, local, remote netip.AddrPort, f pm.Flags) error {
 	const op = "set subflow flags"
 	k.mu.Lock()
@@ -517,7 +517,7 @@ func (k *FakeKernel) SetSubflowFlags(token uint32, local, remote netip.AddrPort,
 	if err != nil {
 		return err
 	}
-	found := false
+	found := c.local.Addr() == local.Addr() && (local.Port() == 0 || c.local.Port() == local.Port()) && c.remote == remote
 	for i := range c.subflows {
 		sf := &c.subflows[i]
 		if sf.local.Addr() == local.Addr() && (local.Port() == 0 || sf.local.Port() == local.Port()) && sf.remote == remote {

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/diag"
+	"github.com/mptcp-pmd/mptcp-pmd/service"
+)
+
+// probeIdle is how often the prober looks whether the service wants
+// probes while it does not (the handover policy has no connection).
+const probeIdle = 250 * time.Millisecond
+
+// probeSubflows reads the established subflows' TCP state with sock_diag
+// as often as the service asks (ProbeInterval) and hands it over
+// (ProbeSubflows), until ctx ends. It runs while the policy is handover,
+// on a sock_diag socket of its own.
+func probeSubflows(ctx context.Context, svc *service.Service, log *slog.Logger) {
+	dc, err := diag.Dial(nil)
+	if err != nil {
+		log.Error("handover: cannot probe the subflows: stalled paths are found only when the kernel closes them", "err", err)
+		return
+	}
+	defer dc.Close()
+	var sfs []diag.Subflow
+	var probes []service.SubflowProbe
+	t := time.NewTimer(0)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		every := svc.ProbeInterval()
+		if every == 0 {
+			t.Reset(probeIdle)
+			continue
+		}
+		t.Reset(every)
+		sfs, err = dc.ListSubflows(sfs[:0], diag.States(diag.StateEstablished))
+		if err != nil {
+			if !failing {
+				log.Warn("handover: probing the subflows failed", "err", err)
+			}
+			failing = true
+			continue
+		}
+		failing = false
+		probes = probes[:0]
+		for _, sf := range sfs {
+			if sf.Token == 0 {
+				continue
+			}
+			probes = append(probes, service.SubflowProbe{
+				Token: sf.Token, Local: pm.CanonicalAddrPort(sf.Local), Remote: pm.CanonicalAddrPort(sf.Remote),
+				Unacked: sf.TCP.Unacked, LastAckRecv: sf.TCP.LastAckRecv, RTT: sf.TCP.RTT,
+			})
+		}
+		if err := svc.ProbeSubflows(ctx, probes); err != nil && ctx.Err() == nil {
+			log.Warn("handover: probes not applied", "err", err)
+		}
+	}
+}
+
+// startProber starts the prober once the policy is handover. It runs
+// until the daemon stops (idle while another policy is in force).
+func (d *pmd) startProber(ctx context.Context) {
+	if d.probing || d.cfg.Policy != service.PolicyHandover {
+		return
+	}
+	d.probing = true
+	go probeSubflows(ctx, d.svc, d.log)
+}

@@ -1,0 +1,221 @@
+package service
+
+import (
+	"maps"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
+)
+
+// memPreferences is a Preferences in memory.
+type memPreferences struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (p *memPreferences) Load() (map[string]string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.m), nil
+}
+
+func (p *memPreferences) Save(m map[string]string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.m = maps.Clone(m)
+	return nil
+}
+
+// TestHandoverService: the handover policy in the loop, with probes: a
+// warm standby on the expensive interface, failover when the initial
+// subflow stalls, the way back after the hysteresis, and preferences set at
+// run time.
+func TestHandoverService(t *testing.T) {
+	clock := &fakeClock{now: time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)}
+	prefs := &memPreferences{}
+	h := newHarness(t, withPolicy(PolicyHandover), withConfig(func(c *Config) {
+		c.Interfaces = map[string]InterfaceConfig{"c1": {Preference: policy.PreferExpensive, FlagsDefault: true}}
+		c.Handover = HandoverConfig{StallTimeout: 200 * time.Millisecond, Hysteresis: 3 * time.Second}
+	}), withService(func(s *Service) { s.now = clock.Now; s.prefStore = prefs }))
+	h.sendNet(append(hostNet(3), synced)...)
+	h.take()
+	if err := h.s.SetLimits(bg, Caller{}, Limits{Subflows: 8, AddAddrAccepted: 8}); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.s.ProbeInterval(); got != 0 {
+		t.Errorf("ProbeInterval without connections = %v, want 0", got)
+	}
+	mark := h.mark()
+	id := h.open(1, "10.55.0.1:40000", "10.55.0.2:8080")
+	h.settle()
+	sameStrings(t, "subflows at ESTABLISHED", h.calls(mark, "CreateSubflow"), []string{
+		"CreateSubflow 1 {ID:1 Addr:10.55.1.1 Port:0 Flags:backup Ifindex:3} 10.55.0.2:8080", // warm standby
+		"CreateSubflow 1 {ID:2 Addr:10.55.2.1 Port:0 Flags: Ifindex:4} 10.55.0.2:8080",       // another cheap path
+	})
+	if got := h.s.ProbeInterval(); got != 200*time.Millisecond/3 {
+		t.Errorf("ProbeInterval = %v, want a third of the stall timeout", got)
+	}
+	c, err := h.s.Connection(bg, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c1Port, c2Port uint16
+	for _, sf := range c.Subflows {
+		switch sf.LocalAddress.String() {
+		case "10.55.1.1":
+			c1Port = sf.LocalPort
+			if !sf.Backup {
+				t.Errorf("the standby subflow is shown as not backup: %+v", sf)
+			}
+		case "10.55.2.1":
+			c2Port = sf.LocalPort
+		}
+	}
+	probe := func(c0Stalled, c2Stalled bool) {
+		t.Helper()
+		p := func(ip string, port uint16, stalled bool) SubflowProbe {
+			sp := SubflowProbe{Token: 1, Local: ap(ip + ":" + itoa(port)), Remote: ap("10.55.0.2:8080"), RTT: time.Millisecond}
+			if stalled {
+				sp.Unacked, sp.LastAckRecv = 12, time.Second
+			}
+			return sp
+		}
+		if err := h.s.ProbeSubflows(bg, []SubflowProbe{
+			p("10.55.0.1", 40000, c0Stalled), p("10.55.1.1", c1Port, false), p("10.55.2.1", c2Port, c2Stalled),
+		}); err != nil {
+			t.Fatal(err)
+		}
+		h.settle()
+	}
+	probe(false, false)
+	if got := h.calls(mark, "SetSubflowFlags", "DestroySubflow"); len(got) != 0 {
+		t.Errorf("actions while every path works: %q", got)
+	}
+
+	// Both cheap paths stall: the initial subflow is made backup, the other
+	// closed (and probed again as backup), the standby promoted.
+	mark = h.mark()
+	probe(true, true)
+	got := h.calls(mark, "SetSubflowFlags", "DestroySubflow", "CreateSubflow")
+	want := []string{
+		"SetSubflowFlags 1 10.55.0.1:40000 10.55.0.2:8080 backup",
+		"DestroySubflow 1 10.55.2.1:" + itoa(c2Port) + " 10.55.0.2:8080",
+		"SetSubflowFlags 1 10.55.1.1:" + itoa(c1Port) + " 10.55.0.2:8080 ",
+	}
+	if len(got) < 3 || !equalPrefix(got[:3], want) {
+		t.Errorf("failover: %q, want first %q", got, want)
+	}
+
+	// The initial path works again: nothing until the hysteresis is over,
+	// then the traffic moves back.
+	mark = h.mark()
+	probe(false, false)
+	clock.Add(2 * time.Second)
+	probe(false, false)
+	if got := h.calls(mark, "SetSubflowFlags"); len(got) != 0 {
+		t.Errorf("moved back before the hysteresis: %q", got)
+	}
+	clock.Add(1100 * time.Millisecond)
+	probe(false, false)
+	sameStrings(t, "back after the hysteresis", h.calls(mark, "SetSubflowFlags"), []string{
+		"SetSubflowFlags 1 10.55.0.1:40000 10.55.0.2:8080 ",
+		"SetSubflowFlags 1 10.55.1.1:" + itoa(c1Port) + " 10.55.0.2:8080 backup",
+	})
+
+	// At run time c1 becomes cheap: its subflow is promoted at once; then
+	// off: its subflow goes. The setting is kept for a restart.
+	mark = h.mark()
+	if err := h.s.SetInterfacePreference(bg, Caller{Name: ":1.7"}, "c1", "cheap"); err != nil {
+		t.Fatal(err)
+	}
+	h.settle()
+	sameStrings(t, "c1 made cheap", h.calls(mark, "SetSubflowFlags"), []string{
+		"SetSubflowFlags 1 10.55.1.1:" + itoa(c1Port) + " 10.55.0.2:8080 ",
+	})
+	mark = h.mark()
+	if err := h.s.SetInterfacePreference(bg, Caller{Name: ":1.7"}, "c1", "off"); err != nil {
+		t.Fatal(err)
+	}
+	h.settle()
+	if got := h.calls(mark, "DestroySubflow"); len(got) != 1 || !strings.Contains(got[0], "10.55.1.1:") {
+		t.Errorf("c1 off: %q, want its subflow destroyed", got)
+	}
+	m, err := h.s.Manager(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Preferences["c1"] != "off" || m.Preferences["c0"] != "cheap" {
+		t.Errorf("Preferences = %v", m.Preferences)
+	}
+	if saved, _ := prefs.Load(); saved["c1"] != "off" {
+		t.Errorf("saved preferences %v", saved)
+	}
+	if err := h.s.SetInterfacePreference(bg, Caller{}, "c1", "pricey"); err == nil {
+		t.Error("SetInterfacePreference accepted pricey")
+	}
+	if err := h.s.SetInterfacePreference(bg, Caller{}, "a/b", "cheap"); err == nil {
+		t.Error("SetInterfacePreference accepted a/b")
+	}
+	addrs, err := h.s.Addresses(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if a.Interface == "c1" && (a.Usable || a.Reason != reasonPrefOff) {
+			t.Errorf("c1's address %v: usable %v, reason %q", a.Address, a.Usable, a.Reason)
+		}
+	}
+
+	// A new service with the saved preferences: c1 is off from the start.
+	h2 := newHarness(t, withPolicy(PolicyHandover), withService(func(s *Service) { s.prefStore = prefs }))
+	h2.sendNet(append(hostNet(2), synced)...)
+	h2.take()
+	if m, err := h2.s.Manager(bg); err != nil || m.Preferences["c1"] != "off" || len(m.LocalAddresses) != 2 {
+		t.Errorf("after a restart: preferences %v, local addresses %v (%v)", m.Preferences, m.LocalAddresses, err)
+	}
+}
+
+// TestPreferenceDefaults: metered NetworkManager devices and mobile-data
+// names are expensive (backup flags for the other policies), unless the
+// configuration says otherwise.
+func TestPreferenceDefaults(t *testing.T) {
+	h := newHarness(t, withPolicy(PolicyEndpoints), withPM("kernel"), withConfig(func(c *Config) {
+		c.Interfaces = map[string]InterfaceConfig{"wwan1": {Preference: policy.PreferCheap, FlagsDefault: true, Flags: c.EndpointFlags}}
+	}))
+	h.setNM(NMState{Running: true, Interfaces: map[string]NMInterface{}})
+	evs := []NetEvent{}
+	for i, name := range []string{"eth0", "wwan0", "wwan1", "rmnet_data0"} {
+		evs = append(evs, NetEvent{Kind: NetLinkChanged, Link: Link{Index: 10 + i, Name: name, Up: true, Carrier: true}},
+			NetEvent{Kind: NetAddressAdded, Address: LinkAddress{Index: 10 + i, Prefix: netip.MustParsePrefix("10.9." + itoa(uint16(i)) + ".1/24")}})
+	}
+	h.sendNet(append(evs, synced)...)
+	h.take()
+	m, err := h.s.Manager(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"eth0": "cheap", "wwan0": "expensive", "wwan1": "cheap", "rmnet_data0": "expensive"}
+	if !maps.Equal(m.Preferences, want) {
+		t.Errorf("Preferences = %v, want %v", m.Preferences, want)
+	}
+	sameStrings(t, "endpoints", h.endpointList(), []string{
+		"10.9.0.1 [subflow] eth0 policy", "10.9.1.1 [subflow,backup] wwan0 policy",
+		"10.9.2.1 [subflow] wwan1 policy", "10.9.3.1 [subflow,backup] rmnet_data0 policy",
+	})
+}
+
+func itoa(n uint16) string { return strconv.Itoa(int(n)) }
+
+func equalPrefix(got, want []string) bool {
+	for i := range want {
+		if got[i] != want[i] {
+			return false
+		}
+	}
+	return true
+}
