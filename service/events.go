@@ -131,6 +131,11 @@ func (s *Service) subflow(c *conn, ev pm.Event) {
 		sf.Interface = c.subflows[i].Interface
 	}
 	s.subflowNews(c, ev.Type, t, i >= 0)
+	if ev.Type != pm.EventSubPriority && c.backupLocal[t] {
+		// The event carries the peer's request; this end asked for a
+		// backup (the policy made it so).
+		sf.Backup = true
+	}
 	n := SubflowEvent{ConnectionID: c.id, Subflow: sf}
 	changed := false
 	switch ev.Type {

@@ -135,17 +135,18 @@ func (c *client) close() { c.conn.Close() }
 
 // manager holds the manager object's properties.
 type manager struct {
-	Version           string         `json:"version"`
-	ControlMode       string         `json:"control_mode"`
-	Controller        string         `json:"controller"`
-	Policy            string         `json:"policy"`
-	KernelPathManager string         `json:"kernel_path_manager"`
-	Endpoints         []endpoint     `json:"endpoints"`
-	Limits            limits         `json:"limits"`
-	LocalAddresses    []localAddress `json:"local_addresses"`
-	SignalsDropped    uint64         `json:"signals_dropped"`
-	Warnings          []string       `json:"warnings"`
-	Connections       int            `json:"connections"`
+	Version           string            `json:"version"`
+	ControlMode       string            `json:"control_mode"`
+	Controller        string            `json:"controller"`
+	Policy            string            `json:"policy"`
+	KernelPathManager string            `json:"kernel_path_manager"`
+	Endpoints         []endpoint        `json:"endpoints"`
+	Limits            limits            `json:"limits"`
+	LocalAddresses    []localAddress    `json:"local_addresses"`
+	SignalsDropped    uint64            `json:"signals_dropped"`
+	Warnings          []string          `json:"warnings"`
+	Preferences       map[string]string `json:"interface_preferences"`
+	Connections       int               `json:"connections"`
 }
 
 type endpoint struct {
@@ -255,7 +256,7 @@ func managerFields(m *manager) map[string]any {
 		"Version": &m.Version, "ControlMode": &m.ControlMode, "Controller": &m.Controller,
 		"Policy": &m.Policy, "KernelPathManager": &m.KernelPathManager, "Endpoints": &m.Endpoints,
 		"Limits": &m.Limits, "LocalAddresses": &m.LocalAddresses, "SignalsDropped": &m.SignalsDropped,
-		"Warnings": &m.Warnings,
+		"Warnings": &m.Warnings, "InterfacePreferences": &m.Preferences,
 	}
 }
 
@@ -274,6 +275,9 @@ func (c *client) manager() (manager, error) {
 	}
 	if m.Warnings == nil {
 		m.Warnings = []string{}
+	}
+	if m.Preferences == nil {
+		m.Preferences = map[string]string{}
 	}
 	return m, err
 }

@@ -33,6 +33,8 @@ func init() {
 		{"endpoint flush", "", "remove every endpoint", "", cmdEndpointFlush},
 		{"limits", "", "the in-kernel path manager's limits", "", cmdLimits},
 		{"limits set", "SUBFLOWS ADD_ADDR_ACCEPTED", "set the limits", limitsSetHelp, cmdLimitsSet},
+		{"preferences", "", "how each interface's paths are used", preferencesHelp, cmdPreferences},
+		{"preference set", "INTERFACE cheap|expensive|backup|off|default", "set an interface's preference", preferencesHelp, cmdPreferenceSet},
 		{"addresses", "", "local addresses, usable or why filtered out", addressesHelp, cmdAddresses},
 		{"monitor", "", "print events as they happen (Ctrl-C ends)", monitorHelp, cmdMonitor},
 		{"revoke", "", "take control back from the registered controller", revokeHelp, cmdRevoke},
@@ -70,6 +72,16 @@ by SIGINT, 143 terminated by SIGTERM (monitor: 0, its normal end).
 `
 
 const (
+	preferencesHelp = `An interface's preference says how paths through it are used: cheap
+ones carry traffic; expensive ones (metered, mobile data) and backup ones
+stand by (backup endpoints and subflows; the handover policy moves traffic
+there only when no cheap path works); off ones are not used. Without a
+setting, an interface is expensive when NetworkManager says its device is
+metered or its name is that of a mobile-data device (ww*, rmnet*), and
+cheap otherwise; the configuration may set one ([interfaces.NAME]
+preference). "preference set" wins over both at once, for live connections
+too, and lasts across restarts of the daemon, not reboots; "default" goes
+back to the configured or default preference.`
 	statusHelp = `The daemon's version, its built-in policy, who is in control (the
 built-in policy, or a registered controller and its bus name), the path
 manager of the daemon's network namespace (net.mptcp.path_manager), the

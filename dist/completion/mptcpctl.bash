@@ -35,7 +35,7 @@ _mptcpctl()
         esac
         if [[ -z $cmd ]]; then
             cmd=$w
-        elif [[ -z $sub && ($cmd == @(connection|endpoint|subflow) || ($cmd == limits && $w == set)) ]]; then
+        elif [[ -z $sub && ($cmd == @(connection|endpoint|subflow|preference) || ($cmd == limits && $w == set)) ]]; then
             sub=$w
         else
             ((npos++))
@@ -61,14 +61,22 @@ _mptcpctl()
 
     local words=""
     case "$cmd" in
-    "") words="status connections connection endpoints endpoint limits addresses monitor revoke subflow announce remove help" ;;
-    help) ((npos == 0)) && words="status connections connection endpoints endpoint limits addresses monitor revoke subflow announce remove help" ;;
+    "") words="status connections connection endpoints endpoint limits preferences preference addresses monitor revoke subflow announce remove help" ;;
+    help) ((npos == 0)) && words="status connections connection endpoints endpoint limits preferences preference addresses monitor revoke subflow announce remove help" ;;
     connection) [[ -z $sub ]] && words="show" ;;
     endpoint) [[ -z $sub ]] && words="add del set flush" ;;
     limits) [[ -z $sub ]] && words="set" ;;
+    preference) [[ -z $sub ]] && words="set" ;;
     subflow) [[ -z $sub ]] && words="add del backup" ;;
     esac
     case "$cmd $sub" in
+    "preference set")
+        if ((npos == 0)); then
+            words=$(command ls /sys/class/net 2>/dev/null)
+        elif ((npos == 1)); then
+            words="cheap expensive backup off default"
+        fi
+        ;;
     "connection show" | "subflow "?* | "announce " | "remove ")
         if ((npos == 0)); then
             words=$(_mptcpctl_json_numbers number connections)
