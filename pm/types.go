@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"syscall"
 )
 
 // Flags are the flags of an endpoint or announced address
@@ -222,4 +223,52 @@ type Subflow struct {
 	Backup            bool  // the flag SUB_ESTABLISHED carries: the peer's backup request
 	BackupLocal       bool  // this end's own backup request (no event carries it)
 	Ifindex           int32 // the interface the subflow is bound to, 0 for none
+}
+
+// ResetReason is the reason an MPTCP reset (MP_TCPRST) gives for closing a
+// subflow, as SUB_CLOSED reports it (RFC 8684, section 3.6).
+type ResetReason uint32
+
+var resetReasonNames = [...]string{
+	"unspecified", "mptcp-error", "lack-of-resources", "administratively-prohibited",
+	"too-much-outstanding-data", "unacceptable-performance", "middlebox-interference",
+}
+
+// String returns the reason's name as RFC 8684 words it, in lower case
+// with dashes ("administratively-prohibited"), or "reset-N" for a code the
+// RFC does not define.
+func (r ResetReason) String() string {
+	if int(r) < len(resetReasonNames) {
+		return resetReasonNames[r]
+	}
+	return fmt.Sprintf("reset-%d", uint32(r))
+}
+
+// Transient reports whether a subflow reset with the reason may succeed if
+// made again later: not when the peer prohibits it or a middlebox
+// interferes.
+func (r ResetReason) Transient() bool {
+	return r != 3 && r != 6
+}
+
+// errnoNames are the socket errors a subflow closes with.
+var errnoNames = map[syscall.Errno]string{
+	syscall.ETIMEDOUT: "ETIMEDOUT", syscall.ECONNRESET: "ECONNRESET", syscall.ECONNREFUSED: "ECONNREFUSED",
+	syscall.ECONNABORTED: "ECONNABORTED", syscall.EHOSTUNREACH: "EHOSTUNREACH", syscall.ENETUNREACH: "ENETUNREACH",
+	syscall.EHOSTDOWN: "EHOSTDOWN", syscall.ENETDOWN: "ENETDOWN", syscall.EPIPE: "EPIPE", syscall.EPROTO: "EPROTO",
+	syscall.EADDRNOTAVAIL: "EADDRNOTAVAIL", syscall.EACCES: "EACCES", syscall.EPERM: "EPERM", syscall.ENOMEM: "ENOMEM",
+	syscall.ENOBUFS: "ENOBUFS", syscall.EINVAL: "EINVAL", syscall.ENOENT: "ENOENT", syscall.EEXIST: "EEXIST",
+}
+
+// ErrnoName returns the symbolic name of a socket error as SUB_CLOSED
+// reports it ("ETIMEDOUT"), or "errno-N" for one it does not know; "" for
+// 0.
+func ErrnoName(e uint32) string {
+	if e == 0 {
+		return ""
+	}
+	if name, ok := errnoNames[syscall.Errno(e)]; ok {
+		return name
+	}
+	return fmt.Sprintf("errno-%d", e)
 }

@@ -118,3 +118,21 @@ func TestErrorSentinels(t *testing.T) {
 		}
 	}
 }
+
+func TestResetReasonAndErrnoNames(t *testing.T) {
+	for r, want := range map[ResetReason]string{0: "unspecified", 3: "administratively-prohibited", 6: "middlebox-interference", 9: "reset-9"} {
+		if got := r.String(); got != want {
+			t.Errorf("ResetReason(%d) = %q, want %q", r, got, want)
+		}
+	}
+	for r, want := range map[ResetReason]bool{0: true, 2: true, 3: false, 5: true, 6: false} {
+		if got := r.Transient(); got != want {
+			t.Errorf("ResetReason(%d).Transient() = %v", r, got)
+		}
+	}
+	for e, want := range map[uint32]string{0: "", 110: "ETIMEDOUT", 104: "ECONNRESET", 4095: "errno-4095"} {
+		if got := ErrnoName(e); got != want {
+			t.Errorf("ErrnoName(%d) = %q, want %q", e, got, want)
+		}
+	}
+}

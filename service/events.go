@@ -130,7 +130,7 @@ func (s *Service) subflow(c *conn, ev pm.Event) {
 	if i >= 0 && sf.Interface == "" {
 		sf.Interface = c.subflows[i].Interface
 	}
-	s.subflowNews(c, ev.Type, t, i >= 0)
+	s.subflowNews(c, ev, t, i >= 0)
 	if ev.Type != pm.EventSubPriority && c.backupLocal[t] {
 		// The event carries the peer's request; this end asked for a
 		// backup (the policy made it so).

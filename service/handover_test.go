@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/policy"
 )
 
@@ -218,4 +219,45 @@ func equalPrefix(got, want []string) bool {
 		}
 	}
 	return true
+}
+
+// TestResetNotRetried: a subflow the policy made that the peer resets for
+// a transient reason is made again after the backoff; one reset as
+// administratively prohibited is not.
+func TestResetNotRetried(t *testing.T) {
+	h := newHarness(t, withPolicy(PolicySubflowPerInterface),
+		withService(func(s *Service) { s.backoff = backoff{min: 10 * time.Millisecond, max: 20 * time.Millisecond} }))
+	h.sendNet(append(hostNet(2), synced)...)
+	h.take()
+	if err := h.s.SetLimits(bg, Caller{}, Limits{Subflows: 8, AddAddrAccepted: 8}); err != nil {
+		t.Fatal(err)
+	}
+	id := h.open(1, "10.55.0.1:40000", "10.55.0.2:8080")
+	h.settle()
+	for _, tc := range []struct {
+		reset uint32
+		again bool
+	}{{5, true}, {3, false}} {
+		c, err := h.s.Connection(bg, id)
+		if err != nil || len(c.Subflows) != 1 {
+			t.Fatalf("connection %+v, %v: want one subflow", c, err)
+		}
+		sf := c.Subflows[0]
+		mark := h.mark()
+		h.send(pm.Event{Type: pm.EventSubClosed, Token: 1, LocalAddr: sf.LocalAddress, LocalPort: sf.LocalPort,
+			RemoteAddr: sf.RemoteAddress, RemotePort: sf.RemotePort, ResetReason: tc.reset, Error: 104})
+		time.Sleep(100 * time.Millisecond) // past the backoff
+		h.settle()
+		h.take()
+		if got := len(h.calls(mark, "CreateSubflow")) > 0; got != tc.again {
+			t.Errorf("reset %v: made again %v, want %v", pm.ResetReason(tc.reset), got, tc.again)
+		}
+		if tc.again {
+			// the fake still has the old one; the service has the new one
+			h.settle()
+		}
+	}
+	if !strings.Contains(h.log.String(), "reset=administratively-prohibited") || !strings.Contains(h.log.String(), "error=ECONNRESET") {
+		t.Errorf("the log does not name the reason:\n%s", h.log.String())
+	}
 }

@@ -422,7 +422,12 @@ func (s *Service) refused(c *conn, a policy.Action, err error) {
 }
 
 // fail starts or lengthens the backoff of local address addr on c.
-func (s *Service) fail(c *conn, addr netip.Addr) {
+func (s *Service) fail(c *conn, addr netip.Addr) { s.failFor(c, addr, false) }
+
+// failFor is fail; for good (the peer reset the subflow for a reason that
+// does not pass, such as administratively-prohibited) the address is not
+// used again on the connection.
+func (s *Service) failFor(c *conn, addr netip.Addr, forGood bool) {
 	now := s.now()
 	k := pm.CanonicalAddr(addr)
 	i := slices.IndexFunc(c.failures, func(f failure) bool { return f.addr == k })
@@ -438,6 +443,11 @@ func (s *Service) fail(c *conn, addr netip.Addr) {
 	d := s.backoff.max
 	if f.count <= 16 {
 		d = min(s.backoff.min<<(f.count-1), s.backoff.max)
+	}
+	if forGood {
+		f.until, f.waiting = now.Add(100*365*24*time.Hour), true
+		s.log.Info("policy: not trying the address again on this connection", "token", logToken(c.token), "addr", k)
+		return
 	}
 	f.until, f.waiting = now.Add(d), true
 	s.armRetry(f.until)
@@ -510,7 +520,8 @@ func (s *Service) retryDue() {
 // subflowNews updates the pending, closing and failure state of c with a
 // SUB_ESTABLISHED or SUB_CLOSED for the 4-tuple t; established says
 // whether the service knew the subflow established.
-func (s *Service) subflowNews(c *conn, typ pm.EventType, t tuple, established bool) {
+func (s *Service) subflowNews(c *conn, ev pm.Event, t tuple, established bool) {
+	typ := ev.Type
 	lk, rk := pm.CanonicalAddr(t.local.Addr()), pm.CanonicalAddrPort(t.remote)
 	p := slices.IndexFunc(c.pending, func(p pendingSubflow) bool { return p.local == lk && p.remote == rk })
 	switch typ {
@@ -530,14 +541,18 @@ func (s *Service) subflowNews(c *conn, typ pm.EventType, t tuple, established bo
 		if made >= 0 {
 			c.made = slices.Delete(c.made, made, made+1)
 		}
+		reset := pm.ResetReason(ev.ResetReason)
 		switch {
 		case established && made >= 0 && closing < 0:
-			// A subflow the policy made closed without being asked to.
-			s.fail(c, lk)
+			// A subflow the policy made closed without being asked to: made
+			// again after a backoff, unless the peer refuses it for good.
+			s.log.Info("policy: a subflow it made closed", "token", logToken(c.token), "local", t.local, "remote", t.remote,
+				"error", pm.ErrnoName(uint32(ev.Error)), "reset", reset.String(), "again", reset.Transient())
+			s.failFor(c, lk, !reset.Transient())
 		case !established && p >= 0:
 			// A requested subflow that never came up.
 			c.pending = slices.Delete(c.pending, p, p+1)
-			s.fail(c, lk)
+			s.failFor(c, lk, !reset.Transient())
 		}
 	}
 }

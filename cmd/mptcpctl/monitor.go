@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
 
 // monitorEvent is one line of `mptcpctl monitor`; with --json it is printed
@@ -31,7 +33,9 @@ type monitorEvent struct {
 	Mode       string    `json:"control_mode,omitempty"`
 	Controller string    `json:"controller,omitempty"`
 	Error      uint32    `json:"error,omitempty"`
+	ErrorName  string    `json:"error_name,omitempty"` // "ETIMEDOUT"
 	Reset      uint32    `json:"reset_reason,omitempty"`
+	ResetName  string    `json:"reset_reason_name,omitempty"` // "administratively-prohibited"
 	Detail     string    `json:"detail,omitempty"`
 }
 
@@ -139,8 +143,11 @@ func (ev monitorEvent) text() string {
 			b.WriteString(" " + ev.Controller)
 		}
 	}
-	if ev.Error != 0 || ev.Reset != 0 {
-		fmt.Fprintf(&b, " error %d reset %d", ev.Error, ev.Reset)
+	if ev.Error != 0 {
+		fmt.Fprintf(&b, " error %s", ev.ErrorName)
+	}
+	if ev.Reset != 0 {
+		fmt.Fprintf(&b, " reset %s", ev.ResetName)
 	}
 	if ev.Detail != "" {
 		b.WriteString(" " + ev.Detail)
@@ -375,6 +382,12 @@ func (st *monitorState) connectionSignal(s *dbus.Signal, member string) []monito
 		if member == "SubflowClosed" && len(s.Body) == 10 {
 			ev.Error, _ = s.Body[8].(uint32)
 			ev.Reset, _ = s.Body[9].(uint32)
+			if ev.Error != 0 {
+				ev.ErrorName = pm.ErrnoName(ev.Error)
+			}
+			if ev.Reset != 0 {
+				ev.ResetName = pm.ResetReason(ev.Reset).String()
+			}
 		}
 	case "AddressAnnounced":
 		var id uint8
