@@ -176,9 +176,7 @@ func (w *world) applyConnection(t *testing.T, a Action) {
 		c.Subflows = append(c.Subflows, Subflow{Local: netip.AddrPortFrom(a.Local, a.LocalPort),
 			Remote: a.Remote, Interface: a.Interface, Backup: a.Backup, Pending: true})
 	case DestroySubflow:
-		i := slices.IndexFunc(c.Subflows, func(s Subflow) bool {
-			return s.Local == netip.AddrPortFrom(a.Local, a.LocalPort) && s.Remote == a.Remote
-		})
+		i := subflowOf(c, a)
 		switch {
 		case i < 0:
 			t.Fatalf("%v: no such subflow", a)
@@ -187,9 +185,7 @@ func (w *world) applyConnection(t *testing.T, a Action) {
 		}
 		c.Subflows = slices.Delete(c.Subflows, i, i+1)
 	case SetSubflowBackup:
-		i := slices.IndexFunc(c.Subflows, func(s Subflow) bool {
-			return s.Local == netip.AddrPortFrom(a.Local, a.LocalPort) && s.Remote == a.Remote
-		})
+		i := subflowOf(c, a)
 		switch {
 		case i < 0:
 			t.Fatalf("%v: no such subflow", a)
@@ -220,6 +216,13 @@ func (w *world) applyConnection(t *testing.T, a Action) {
 	default:
 		t.Fatalf("%v: unexpected", a)
 	}
+}
+
+// subflowOf returns the index of the subflow action a names, or -1.
+func subflowOf(c *Connection, a Action) int {
+	return slices.IndexFunc(c.Subflows, func(s Subflow) bool {
+		return s.Local == netip.AddrPortFrom(a.Local, a.LocalPort) && s.Remote == a.Remote
+	})
 }
 
 // establish turns the pending subflows into established ones with a port.

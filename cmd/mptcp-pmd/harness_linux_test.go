@@ -908,3 +908,26 @@ func (b *background) wait(t *testing.T) (string, int) {
 	}
 	return b.out.String(), b.cmd.ProcessState.ExitCode()
 }
+
+// endpointProp is one entry of the manager's Endpoints property.
+type endpointProp struct {
+	ID        uint8
+	Address   string
+	Port      uint16
+	Flags     []string
+	Interface string
+	Origin    string
+}
+
+// endpointsProperty reads the daemon's Endpoints property.
+func (d *testDaemon) endpointsProperty() ([]endpointProp, error) {
+	v, err := d.obj(dbusapi.ManagerPath).GetProperty(dbusapi.ManagerInterface + ".Endpoints")
+	if err != nil {
+		return nil, fmt.Errorf("get Endpoints: %w", err)
+	}
+	var eps []endpointProp
+	if err := dbus.Store([]any{v.Value()}, &eps); err != nil {
+		return nil, fmt.Errorf("Endpoints %v: %w", v, err)
+	}
+	return eps, nil
+}

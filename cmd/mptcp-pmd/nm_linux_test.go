@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/godbus/dbus/v5"
-
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi"
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
@@ -90,19 +88,8 @@ func (s *nmSetup) addrs(t *testing.T) []string {
 // sorted.
 func origins(t *testing.T, d *testDaemon) []string {
 	t.Helper()
-	v, err := d.obj(dbusapi.ManagerPath).GetProperty(dbusapi.ManagerInterface + ".Endpoints")
+	eps, err := d.endpointsProperty()
 	if err != nil {
-		t.Fatal(err)
-	}
-	var eps []struct {
-		ID        uint8
-		Address   string
-		Port      uint16
-		Flags     []string
-		Interface string
-		Origin    string
-	}
-	if err := dbus.Store([]any{v.Value()}, &eps); err != nil {
 		t.Fatal(err)
 	}
 	out := make([]string, 0, len(eps))

@@ -1268,20 +1268,9 @@ func (s *soak) endpointProblems() []string {
 	if !slices.Equal(got, want) {
 		out = append(out, fmt.Sprintf("endpoints %q, the policy should have %q (%s)", got, want, s.conf))
 	}
-	v, err := s.d.obj(dbusapi.ManagerPath).GetProperty(dbusapi.ManagerInterface + ".Endpoints")
+	eps, err := s.d.endpointsProperty()
 	if err != nil {
-		s.failf("Get Endpoints: %v", err)
-	}
-	var eps []struct {
-		ID        uint8
-		Address   string
-		Port      uint16
-		Flags     []string
-		Interface string
-		Origin    string
-	}
-	if err := dbus.Store([]any{v.Value()}, &eps); err != nil {
-		s.failf("Endpoints %v: %v", v, err)
+		s.failf("%v", err)
 	}
 	var published []string
 	for _, e := range eps {
