@@ -116,6 +116,8 @@ func clientCalls() []clientCall {
 		{ManagerPath, ManagerInterface, "FlushEndpoints", nil, true},
 		{ManagerPath, ManagerInterface, "SetLimits", []any{uint32(2), uint32(2)}, true},
 		{ManagerPath, ManagerInterface, "SetInterfacePreference", []any{"wwan0", "expensive"}, true},
+		{ManagerPath, ManagerInterface, "GetStatistics", nil, false},
+		{c1, ConnectionInterface, "GetStatistics", nil, false},
 		{c1, ConnectionInterface, "AnnounceAddress", []any{"10.55.1.2", uint16(0), uint8(0)}, true},
 		{c1, ConnectionInterface, "RemoveAddress", []any{uint8(5)}, true},
 		{c1, ConnectionInterface, "CreateSubflow", []any{"10.55.1.2", "10.55.1.1", uint16(80), noOpts}, true},
@@ -129,7 +131,7 @@ func clientCalls() []clientCall {
 
 // readMethods are the methods of the Manager and Connection interfaces
 // that anyone may call.
-var readMethods = []string{"GetConnectionByToken", "ListAddresses"}
+var readMethods = []string{"GetConnectionByToken", "ListAddresses", "GetStatistics"}
 
 // TestClientCallsCoverContract checks that clientCalls has every method of
 // the Manager and Connection interfaces, so that a new mutating method is
@@ -309,7 +311,11 @@ func (rep childReport) expect(t *testing.T, who, mutatingErr string) []string {
 func startServer(t *testing.T, bus *dbustest.Bus, be Backend, opts func(*dbus.Conn) Options) (*Server, string) {
 	t.Helper()
 	conn := dialServer(t, bus)
-	srv, err := New(conn, be, opts(conn))
+	o := opts(conn)
+	if o.Stats == nil {
+		o.Stats = fakeStats{}
+	}
+	srv, err := New(conn, be, o)
 	if err != nil {
 		t.Fatal(err)
 	}

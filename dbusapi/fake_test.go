@@ -221,6 +221,9 @@ func newHarness(t *testing.T, opts Options, setup func(*fakeBackend)) *harness {
 	if opts.Authorizer == nil {
 		opts.Authorizer = &allowAll{}
 	}
+	if opts.Stats == nil {
+		opts.Stats = fakeStats{}
+	}
 	var err error
 	h.srv, err = New(h.srvConn, h.be, opts)
 	if err != nil {
@@ -361,4 +364,28 @@ func values(props map[string]dbus.Variant) map[string]any {
 		out[k] = v.Value()
 	}
 	return out
+}
+
+// fakeStats gives every connection of the test data the same statistics.
+type fakeStats struct{}
+
+// conn1Stats are the statistics fakeStats gives.
+var conn1Stats = ConnStats{
+	BytesSent: 1000, BytesReceived: 2000, BytesAcked: 900, CgroupID: 7, Cgroup: "/system.slice/x.service", Unit: "x.service",
+	Subflows: []SubflowStats{{Local: netip.MustParseAddrPort("10.55.0.1:40000"), Remote: netip.MustParseAddrPort("10.55.0.2:80"),
+		Interface: "c0", RTT: 1500 * time.Microsecond, Cwnd: 10, BytesSent: 1000, BytesAcked: 900}},
+}
+
+func (fakeStats) Stats(tokens []uint32, owner bool) (map[uint32]ConnStats, error) {
+	out := map[uint32]ConnStats{}
+	for _, tok := range []uint32{conn1.Token, conn2.Token} {
+		if tokens == nil || slices.Contains(tokens, tok) {
+			st := conn1Stats
+			if owner {
+				st.PID, st.Command = 42, "curl"
+			}
+			out[tok] = st
+		}
+	}
+	return out, nil
 }

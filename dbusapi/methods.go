@@ -31,6 +31,7 @@ func (s *Server) managerMethods() map[string]any {
 		"SetLimits":              s.setLimits,
 		"SetInterfacePreference": s.setInterfacePreference,
 		"ListAddresses":          s.listAddresses,
+		"GetStatistics":          s.getStatistics,
 	}
 }
 
@@ -41,6 +42,7 @@ func (s *Server) connectionMethods() map[string]any {
 		"CreateSubflow":    s.createSubflow,
 		"RemoveSubflow":    s.removeSubflow,
 		"SetSubflowBackup": s.setSubflowBackup,
+		"GetStatistics":    s.getConnectionStatistics,
 	}
 }
 

@@ -83,6 +83,9 @@ type Options struct {
 	// and is then answered Busy. Root needs no check. 0 means
 	// DefaultMaxAuthChecksPerUID.
 	MaxAuthChecksPerUID int
+	// Stats reads connection statistics for GetStatistics; nil answers
+	// NotSupported.
+	Stats StatsSource
 	// SignalQueue bounds the signals other than PropertiesChanged that
 	// may wait to be sent (the emitter); beyond it they are dropped and
 	// counted. 0 means DefaultSignalQueue.
@@ -122,6 +125,7 @@ type Server struct {
 
 	managerXML    string
 	connectionXML string
+	stats         StatsSource // nil: none
 }
 
 // New exports the manager object /org/mptcp/PathManager1 and the connection
@@ -136,6 +140,7 @@ func New(conn *dbus.Conn, b Backend, opts Options) (*Server, error) {
 		auth:  opts.Authorizer,
 		log:   opts.Logger,
 		conns: make(map[uint64]service.Connection),
+		stats: opts.Stats,
 
 		inFlight: newInFlight(conn, opts),
 	}

@@ -28,6 +28,7 @@ var contract = map[string]struct {
 			"SetLimits":              "uu->",
 			"ListAddresses":          "->a(ssbs)", // an addition to version 1 (mptcpctl addresses)
 			"SetInterfacePreference": "ss->",
+			"GetStatistics":          "->a{oa{sv}}",
 		},
 		signals: map[string]string{},
 		properties: map[string]string{
@@ -44,6 +45,7 @@ var contract = map[string]struct {
 			"CreateSubflow":    "ssqa{sv}->",
 			"RemoveSubflow":    "sqsq->",
 			"SetSubflowBackup": "sqsqb->",
+			"GetStatistics":    "->a{sv}",
 		},
 		signals: map[string]string{
 			"SubflowEstablished":     "yysqsqbs",

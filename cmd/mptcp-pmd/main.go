@@ -196,6 +196,7 @@ type pmd struct {
 	client  *pmnl.Client
 	events  *pmnl.EventListener
 	diag    *diag.Client
+	stats   *diag.Client          // for the statistics methods, off the service's loop
 	pmType  *pm.PathManagerReader // net.mptcp.path_manager, kept open: read at every CREATED
 	mon     *netmon.Monitor
 	conn    *dbus.Conn
@@ -255,7 +256,11 @@ func (d *pmd) open(ctx context.Context) error {
 	}
 	d.svc = service.New(d.cfg, deps)
 	d.auth = dbusapi.NewAuthorizer(d.conn, dbusapi.AuthOptions{Groups: d.cfg.AuthGroups, Logger: d.log})
-	if d.srv, err = dbusapi.New(d.conn, d.svc, dbusapi.Options{Authorizer: d.auth, Logger: d.log}); err != nil {
+	if d.stats, err = diag.Dial(nil); err != nil {
+		return fmt.Errorf("sock_diag: %w", err)
+	}
+	if d.srv, err = dbusapi.New(d.conn, d.svc, dbusapi.Options{Authorizer: d.auth, Logger: d.log,
+		Stats: &statsSource{dc: d.stats}}); err != nil {
 		return err
 	}
 	pub.Publisher = d.srv
@@ -332,6 +337,9 @@ func (d *pmd) close() {
 	}
 	if d.diag != nil {
 		d.diag.Close()
+	}
+	if d.stats != nil {
+		d.stats.Close()
 	}
 	if d.pmType != nil {
 		d.pmType.Close()

@@ -1,0 +1,145 @@
+package dbusapi
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+
+	"github.com/mptcp-pmd/mptcp-pmd/service"
+)
+
+// Statistics on request: what each connection and each of its subflows
+// carries, and who owns it, read from the kernel (sock_diag) when a client
+// asks, not as properties that would change with every packet. The reads
+// run in the caller's method handler, never in the service's loop.
+
+// ConnStats are the statistics of one MPTCP connection.
+type ConnStats struct {
+	// Data-level counters of struct mptcp_info (Linux 6.5+).
+	BytesSent, BytesReceived, BytesAcked, BytesRetrans uint64
+	Retransmits                                        uint32
+	// Since data was last sent, received, and acknowledged (Linux 6.10+).
+	LastDataSent, LastDataRecv, LastAckRecv time.Duration
+	// The owner: the socket's cgroup (v2 id, and its path under the cgroup
+	// hierarchy, "" when not found), the systemd unit or scope that
+	// cgroup belongs to ("" if none), the socket owner's uid, and the
+	// process holding the socket (0 and "" when not looked up or found).
+	CgroupID uint64
+	Cgroup   string
+	Unit     string
+	UID      uint32
+	PID      int
+	Command  string
+	Subflows []SubflowStats // established subflows, the initial one included
+}
+
+// SubflowStats are the statistics of one subflow (struct tcp_info).
+type SubflowStats struct {
+	Local, Remote netip.AddrPort
+	Interface     string
+	Backup        bool // this end asked for the subflow to be a backup
+	RTT, RTTVar   time.Duration
+	Cwnd          uint32 // segments
+	// Bytes sent, acknowledged by the peer, received, and retransmitted.
+	BytesSent, BytesAcked, BytesReceived, BytesRetrans uint64
+	Retransmits                                        uint32 // segments retransmitted
+}
+
+// StatsSource reads the statistics of MPTCP connections.
+type StatsSource interface {
+	// Stats returns the statistics of the connections with the given
+	// local tokens, or of every connection when tokens is nil, by token;
+	// owner says to look up the process too (costly: a walk of /proc).
+	Stats(tokens []uint32, owner bool) (map[uint32]ConnStats, error)
+}
+
+// statsWire is a connection's statistics as GetStatistics returns them.
+func statsWire(c ConnStats) map[string]dbus.Variant {
+	sfs := make([]map[string]dbus.Variant, 0, len(c.Subflows))
+	for _, s := range c.Subflows {
+		sfs = append(sfs, map[string]dbus.Variant{
+			"local_address":       dbus.MakeVariant(addrString(s.Local.Addr())),
+			"local_port":          dbus.MakeVariant(s.Local.Port()),
+			"remote_address":      dbus.MakeVariant(addrString(s.Remote.Addr())),
+			"remote_port":         dbus.MakeVariant(s.Remote.Port()),
+			"interface":           dbus.MakeVariant(s.Interface),
+			"backup":              dbus.MakeVariant(s.Backup),
+			"rtt_us":              dbus.MakeVariant(uint32(s.RTT.Microseconds())),
+			"rtt_var_us":          dbus.MakeVariant(uint32(s.RTTVar.Microseconds())),
+			"cwnd":                dbus.MakeVariant(s.Cwnd),
+			"bytes_sent":          dbus.MakeVariant(s.BytesSent),
+			"bytes_acked":         dbus.MakeVariant(s.BytesAcked),
+			"bytes_received":      dbus.MakeVariant(s.BytesReceived),
+			"bytes_retransmitted": dbus.MakeVariant(s.BytesRetrans),
+			"retransmissions":     dbus.MakeVariant(s.Retransmits),
+		})
+	}
+	out := map[string]dbus.Variant{
+		"bytes_sent":          dbus.MakeVariant(c.BytesSent),
+		"bytes_received":      dbus.MakeVariant(c.BytesReceived),
+		"bytes_acked":         dbus.MakeVariant(c.BytesAcked),
+		"bytes_retransmitted": dbus.MakeVariant(c.BytesRetrans),
+		"retransmissions":     dbus.MakeVariant(c.Retransmits),
+		"last_data_sent_ms":   dbus.MakeVariant(uint32(c.LastDataSent.Milliseconds())),
+		"last_data_recv_ms":   dbus.MakeVariant(uint32(c.LastDataRecv.Milliseconds())),
+		"last_ack_recv_ms":    dbus.MakeVariant(uint32(c.LastAckRecv.Milliseconds())),
+		"cgroup_id":           dbus.MakeVariant(c.CgroupID),
+		"cgroup":              dbus.MakeVariant(c.Cgroup),
+		"unit":                dbus.MakeVariant(c.Unit),
+		"uid":                 dbus.MakeVariant(c.UID),
+		"subflows":            dbus.MakeVariant(sfs),
+	}
+	if c.PID != 0 {
+		out["pid"] = dbus.MakeVariant(uint32(c.PID))
+		out["command"] = dbus.MakeVariant(c.Command)
+	}
+	return out
+}
+
+// getConnectionStatistics is Connection.GetStatistics: the statistics of
+// the connection, with its owning process.
+func (s *Server) getConnectionStatistics(msg dbus.Message) (map[string]dbus.Variant, *dbus.Error) {
+	c, derr := s.connection(msgPath(msg))
+	if derr != nil {
+		return nil, derr
+	}
+	if s.stats == nil {
+		return nil, dbusError(fmt.Errorf("%w: no statistics source", service.ErrNotSupported))
+	}
+	all, err := s.stats.Stats([]uint32{c.Token}, true)
+	if err != nil {
+		return nil, dbusError(fmt.Errorf("%w: statistics: %v", service.ErrFailed, err))
+	}
+	st, ok := all[c.Token]
+	if !ok {
+		return nil, dbus.NewError(ErrorNotFound, []any{fmt.Sprintf("the kernel no longer lists connection %08x", c.Token)})
+	}
+	return statsWire(st), nil
+}
+
+// getStatistics is Manager.GetStatistics: the statistics of every
+// connection, by object path.
+func (s *Server) getStatistics(msg dbus.Message) (map[dbus.ObjectPath]map[string]dbus.Variant, *dbus.Error) {
+	if s.stats == nil {
+		return nil, dbusError(fmt.Errorf("%w: no statistics source", service.ErrNotSupported))
+	}
+	all, err := s.stats.Stats(nil, false)
+	if err != nil {
+		return nil, dbusError(fmt.Errorf("%w: statistics: %v", service.ErrFailed, err))
+	}
+	s.mu.RLock()
+	paths := make(map[uint32]dbus.ObjectPath, len(s.conns))
+	for id, c := range s.conns {
+		paths[c.Token] = ConnectionPath(id)
+	}
+	s.mu.RUnlock()
+	out := make(map[dbus.ObjectPath]map[string]dbus.Variant, len(all))
+	for tok, st := range all {
+		if p, ok := paths[tok]; ok {
+			out[p] = statsWire(st)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,54 @@
+package dbusapi
+
+import (
+	"testing"
+
+	"github.com/godbus/dbus/v5"
+)
+
+// TestGetStatistics: both methods return the source's statistics under the
+// contract's keys; the connection's has the process, the manager's does
+// not; without a source they are NotSupported.
+func TestGetStatistics(t *testing.T) {
+	h := newHarness(t, Options{}, withState)
+	var one map[string]dbus.Variant
+	if err := h.obj(ConnectionPath(1)).Call(ConnectionInterface+".GetStatistics", 0).Store(&one); err != nil {
+		t.Fatal(err)
+	}
+	if one["bytes_sent"].Value() != uint64(1000) || one["unit"].Value() != "x.service" || one["pid"].Value() != uint32(42) ||
+		one["command"].Value() != "curl" || one["cgroup_id"].Value() != uint64(7) {
+		t.Errorf("Connection.GetStatistics = %v", one)
+	}
+	sfs, ok := one["subflows"].Value().([]map[string]dbus.Variant)
+	if !ok || len(sfs) != 1 || sfs[0]["rtt_us"].Value() != uint32(1500) || sfs[0]["local_address"].Value() != "10.55.0.1" ||
+		sfs[0]["bytes_acked"].Value() != uint64(900) || sfs[0]["interface"].Value() != "c0" {
+		t.Errorf("subflows = %#v", one["subflows"].Value())
+	}
+	var all map[dbus.ObjectPath]map[string]dbus.Variant
+	if err := h.obj(ManagerPath).Call(ManagerInterface+".GetStatistics", 0).Store(&all); err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 2 || all[ConnectionPath(1)]["bytes_received"].Value() != uint64(2000) {
+		t.Errorf("Manager.GetStatistics = %v", all)
+	}
+	if _, ok := all[ConnectionPath(1)]["pid"]; ok {
+		t.Errorf("Manager.GetStatistics looked up processes: %v", all[ConnectionPath(1)])
+	}
+	if err := h.obj(ConnectionPath(99)).Call(ConnectionInterface+".GetStatistics", 0).Err; errName(err) != ErrorNotFound {
+		t.Errorf("GetStatistics of an unknown object: %v", err)
+	}
+
+	h2 := newHarness(t, Options{Stats: noStats{}}, withState)
+	if err := h2.obj(ManagerPath).Call(ManagerInterface+".GetStatistics", 0).Err; errName(err) != ErrorFailed {
+		t.Errorf("GetStatistics with a failing source: %v, want Failed", err)
+	}
+}
+
+// noStats fails.
+type noStats struct{}
+
+func (noStats) Stats([]uint32, bool) (map[uint32]ConnStats, error) {
+	return nil, errNoStats
+}
+
+var errNoStats = dbus.ErrMsgNoObject
