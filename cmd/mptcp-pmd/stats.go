@@ -63,10 +63,15 @@ func (s *statsSource) Stats(tokens []uint32, owner bool) (map[uint32]dbusapi.Con
 			CgroupID:     c.CgroupID, UID: c.UID,
 		}
 		st.Cgroup = s.cgroups.path(c.CgroupID)
-		st.Unit = unitOf(st.Cgroup)
 		if owner && c.Inode != 0 {
 			st.PID, st.Command = socketOwner(c.Inode)
+			if st.Cgroup == "" && st.PID != 0 {
+				// The hierarchy is not visible here (a mount namespace
+				// without it, as `ip netns exec` makes): the process's view.
+				st.Cgroup = procCgroup(st.PID)
+			}
 		}
+		st.Unit = unitOf(st.Cgroup)
 		for _, sf := range c.Subflows {
 			if sf.State != diag.StateEstablished {
 				continue
@@ -191,4 +196,19 @@ func socketOwner(inode uint64) (int, string) {
 		}
 	}
 	return 0, ""
+}
+
+// procCgroup returns the cgroup v2 path of process pid ("0::PATH" in
+// /proc/PID/cgroup), or "".
+func procCgroup(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			return p
+		}
+	}
+	return ""
 }

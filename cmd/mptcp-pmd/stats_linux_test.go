@@ -1,0 +1,131 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+
+	"github.com/mptcp-pmd/mptcp-pmd/dbusapi"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
+)
+
+// statsClient is a Python MPTCP client: it connects from argv[1] to
+// argv[2]:argv[3], sends argv[4] bytes in chunks of 64 KiB, prints
+// "sent", and keeps the connection open until its standard input closes.
+const statsClient = `
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+s.bind((sys.argv[1], 0))
+s.connect((sys.argv[2], int(sys.argv[3])))
+left = int(sys.argv[4])
+chunk = b"x" * 65536
+while left > 0:
+    left -= s.send(chunk[:min(left, len(chunk))])
+print("sent", flush=True)
+sys.stdin.read()
+`
+
+// TestStatistics: a program in a cgroup of the test's sends 4 MB over a
+// connection with two subflows; Connection.GetStatistics reports the bytes
+// per subflow adding up to what it sent (the peer acknowledged them all,
+// a little more for retransmissions), the program as the owner (process,
+// cgroup), and Manager.GetStatistics has the connection too.
+func TestStatistics(t *testing.T) {
+	const total = 4 << 20
+	s := newSetup(t, pmtest.LabOptions{Paths: 2, ClientPM: "userspace"})
+	cli, srv := s.lab.Client, s.lab.Server
+	d := startDaemon(t, cli, s.bus, "--policy", "subflow-per-interface")
+	pmtest.RequireProgram(t, pythonPath)
+	root := cgroup2Mount()
+	if root == "" {
+		pmtest.Unavailable(t, "no cgroup v2 hierarchy is mounted")
+	}
+	cg := filepath.Join(root, fmt.Sprintf("mptcp-pmd-test-%d", os.Getpid()))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		pmtest.Unavailable(t, "cannot make a cgroup: %v", err)
+	}
+	t.Cleanup(func() { os.Remove(cg) })
+
+	server := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
+	// The shell moves itself into the cgroup, then becomes the client.
+	cmd := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec ip netns exec "$1" "$2" -c "$3" "$4" "$5" "$6" "$7"`,
+		cg, cli.Name, pythonPath, statsClient, cli.Addrs4[0].String(), server.Addr().String(), strconv.Itoa(int(server.Port())), strconv.Itoa(total))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || strings.TrimSpace(line) != "sent" {
+		t.Fatalf("the client: %q, %v", line, err)
+	}
+
+	var path dbus.ObjectPath
+	eventually(t, 5*time.Second, "the connection object", func() bool {
+		for p, c := range d.managedObjects(t) {
+			if c.LocalAddress == cli.Addrs4[0].String() && c.RemotePort == server.Port() {
+				path = p
+				return true
+			}
+		}
+		return false
+	})
+	var st map[string]dbus.Variant
+	eventually(t, 10*time.Second, "every byte acknowledged on two subflows", func() bool {
+		if err := d.obj(path).Call(dbusapi.ConnectionInterface+".GetStatistics", 0).Store(&st); err != nil {
+			t.Fatal(err)
+		}
+		sfs, _ := st["subflows"].Value().([]map[string]dbus.Variant)
+		acked, _ := st["bytes_acked"].Value().(uint64)
+		return len(sfs) == 2 && acked >= total
+	})
+	sfs := st["subflows"].Value().([]map[string]dbus.Variant)
+	var sum uint64
+	for _, sf := range sfs {
+		n := sf["bytes_acked"].Value().(uint64)
+		t.Logf("subflow %v:%v -> %v:%v dev %q: %d bytes acknowledged, rtt %v µs, cwnd %v",
+			sf["local_address"].Value(), sf["local_port"].Value(), sf["remote_address"].Value(), sf["remote_port"].Value(),
+			sf["interface"].Value(), n, sf["rtt_us"].Value(), sf["cwnd"].Value())
+		if n == 0 {
+			t.Errorf("subflow %v carried nothing", sf["local_address"].Value())
+		}
+		sum += n
+	}
+	if sum < total || sum > total+total/20 {
+		t.Errorf("the subflows' acknowledged bytes add up to %d, the program sent %d", sum, total)
+	}
+	if got := st["bytes_sent"].Value().(uint64); got < total || got > total+total/20 {
+		t.Errorf("bytes_sent %d, the program sent %d", got, total)
+	}
+	wantCgroup := strings.TrimPrefix(cg, root)
+	if st["cgroup"].Value() != wantCgroup || st["pid"].Value() != uint32(cmd.Process.Pid) || st["command"].Value() != "python3" {
+		t.Errorf("owner: cgroup %v (want %s), pid %v (want %d), command %v", st["cgroup"].Value(), wantCgroup,
+			st["pid"].Value(), cmd.Process.Pid, st["command"].Value())
+	}
+
+	start := time.Now()
+	var all map[dbus.ObjectPath]map[string]dbus.Variant
+	if err := d.obj(dbusapi.ManagerPath).Call(dbusapi.ManagerInterface+".GetStatistics", 0).Store(&all); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Manager.GetStatistics: %d connections in %v", len(all), time.Since(start).Round(time.Microsecond))
+	if got := all[path]; got == nil || got["cgroup_id"].Value() != st["cgroup_id"].Value() || got["cgroup_id"].Value() == uint64(0) {
+		t.Errorf("Manager.GetStatistics[%s] = %v", path, got)
+	}
+}
