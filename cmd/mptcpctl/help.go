@@ -25,7 +25,7 @@ func init() {
 	commands = []*command{
 		{"status", "", "daemon, policy, control, limits, counts", statusHelp, cmdStatus},
 		{"connections", "", "MPTCP connections and their subflows", "", cmdConnections},
-		{"connection show", "CONN", "one connection, its subflows and announcements", connHelp, cmdConnectionShow},
+		{"connection show", "CONN [--stats]", "one connection, its subflows and announcements", connHelp, cmdConnectionShow},
 		{"endpoints", "", "in-kernel endpoints and who made them", endpointsHelp, cmdEndpoints},
 		{"endpoint add", "ADDRESS [--port PORT] [--flags FLAG,...] [--interface IF] [--id ID]", "add an endpoint", endpointAddHelp, cmdEndpointAdd},
 		{"endpoint del", "ID", "remove an endpoint", "", cmdEndpointDel},
@@ -93,7 +93,11 @@ controller is told (Release "revoked") and the built-in policy takes over
 again. For a controller that is stuck; needs the same rights as any change.`
 	connHelp = `Shows the initial subflow, every subflow with its local and remote
 address ids, the addresses the peer announced (ADD_ADDR received) and the
-addresses announced to the peer.`
+addresses announced to the peer. With --stats, also the owner (process,
+uid, systemd unit, cgroup) and what the connection and each subflow carry,
+read from the kernel now: bytes sent, acknowledged, received and
+retransmitted, round-trip time, congestion window; "standby" marks a
+backup subflow, "active" the others.`
 	endpointsHelp = `ORIGIN says who made an endpoint: policy (the daemon's built-in policy),
 admin (a privileged caller, such as this command), controller (the
 registered controller) or external (found in the kernel, made by someone

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 )
 
@@ -78,7 +79,9 @@ func cmdConnections(x *cmdCtx, args []string) error {
 }
 
 func cmdConnectionShow(x *cmdCtx, args []string) error {
-	pos, err := x.parse("connection show", nil, args, 1)
+	fs := flag.NewFlagSet("connection show", flag.ContinueOnError)
+	withStats := fs.Bool("stats", false, "")
+	pos, err := x.parse("connection show", fs, args, 1)
 	if err != nil {
 		return err
 	}
@@ -90,7 +93,19 @@ func cmdConnectionShow(x *cmdCtx, args []string) error {
 	if err != nil {
 		return err
 	}
+	var st connStats
+	if *withStats {
+		if st, err = c.statistics(path); err != nil {
+			return err
+		}
+	}
 	if x.json {
+		if *withStats {
+			return printJSON(x.out, struct {
+				connection
+				Statistics connStats `json:"statistics"`
+			}{cn, st})
+		}
 		return printJSON(x.out, cn)
 	}
 	tw := table(x.out)
@@ -112,6 +127,29 @@ func cmdConnectionShow(x *cmdCtx, args []string) error {
 		fmt.Fprintf(tw, "%s:\t%d\n", list.title, len(list.addrs))
 		for _, a := range list.addrs {
 			fmt.Fprintf(tw, "  id %d\t%s\n", a.ID, hostPort(a.Address, a.Port))
+		}
+	}
+	if *withStats {
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		tw = table(x.out) // its own columns
+		fmt.Fprintf(tw, "Owner:\t%s\n", st.owner())
+		fmt.Fprintf(tw, "Data:\tsent %s, received %s, acknowledged %s, retransmitted %s\n",
+			bytesStr(st.BytesSent), bytesStr(st.BytesReceived), bytesStr(st.BytesAcked), bytesStr(st.BytesRetrans))
+		fmt.Fprintf(tw, "Per subflow:\t%d\n", len(st.Subflows))
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		tw = table(x.out)
+		for _, s := range st.Subflows {
+			role := "active"
+			if s.Backup {
+				role = "standby"
+			}
+			fmt.Fprintf(tw, "  %s -> %s\t%s %s\tsent %s\tacked %s\treceived %s\trtt %.2f ms\tcwnd %d\tretrans %d\n",
+				hostPort(s.LocalAddress, s.LocalPort), hostPort(s.RemoteAddress, s.RemotePort), dash(s.Interface), role,
+				bytesStr(s.BytesSent), bytesStr(s.BytesAcked), bytesStr(s.BytesReceived), float64(s.RTTus)/1000, s.Cwnd, s.Retransmits)
 		}
 	}
 	return tw.Flush()
@@ -143,4 +181,17 @@ func cmdAddresses(x *cmdCtx, args []string) error {
 	}
 	fmt.Fprintf(x.out, "\n%d usable, %d filtered out.\n", usable, len(addrs)-usable)
 	return nil
+}
+
+// bytesStr prints a byte count in B, kB, MB or GB (powers of 1000).
+func bytesStr(n uint64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.2f MB", float64(n)/1e6)
+	case n >= 1e4:
+		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%d B", n)
 }

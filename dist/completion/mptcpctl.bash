@@ -52,6 +52,7 @@ _mptcpctl()
         local opts="--json --timeout --help"
         case "$cmd $sub" in
         "endpoint add") opts+=" --port --flags --interface --id" ;;
+        "connection show") opts+=" --stats" ;;
         "subflow add") opts+=" --backup --local-id --interface" ;;
         "announce "*) opts+=" --id" ;;
         esac
