@@ -7,7 +7,7 @@ PKGS    := ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-short test-systemd lint bench bench-lab bench-restart bench-nm soak fuzz demo clean install uninstall
+.PHONY: all build test test-short test-systemd lint bench bench-lab bench-restart bench-nm bench-stats soak fuzz demo clean install uninstall
 
 all: build
 
@@ -72,6 +72,11 @@ bench-restart: build
 # interleaved (about a minute; root, MPTCP, dbus-daemon, NetworkManager).
 bench-nm: build
 	$(GO) test -run '^$$' -bench 'BenchmarkNetworkManagerCost' -benchtime 3x -count=1 ./cmd/mptcp-pmd
+
+# Lab scenario: Manager.GetStatistics with 10000 live connections, against
+# a Peer.Ping round trip (a minute; root, MPTCP and dbus-daemon).
+bench-stats: build
+	$(GO) test -run '^$$' -bench 'BenchmarkStatistics10000' -benchtime 3x -count=1 ./cmd/mptcp-pmd
 
 # The chaos soak: a seeded random sequence of steps (connection churn,
 # addresses, carrier, routes, a controller killed, the daemon killed, the
