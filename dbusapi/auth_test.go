@@ -117,6 +117,7 @@ func clientCalls() []clientCall {
 		{ManagerPath, ManagerInterface, "SetLimits", []any{uint32(2), uint32(2)}, true},
 		{ManagerPath, ManagerInterface, "SetInterfacePreference", []any{"wwan0", "expensive"}, true},
 		{ManagerPath, ManagerInterface, "GetStatistics", nil, false},
+		{ManagerPath, ManagerInterface, "GetCounters", nil, false},
 		{c1, ConnectionInterface, "GetStatistics", nil, false},
 		{c1, ConnectionInterface, "AnnounceAddress", []any{"10.55.1.2", uint16(0), uint8(0)}, true},
 		{c1, ConnectionInterface, "RemoveAddress", []any{uint8(5)}, true},
@@ -131,7 +132,7 @@ func clientCalls() []clientCall {
 
 // readMethods are the methods of the Manager and Connection interfaces
 // that anyone may call.
-var readMethods = []string{"GetConnectionByToken", "ListAddresses", "GetStatistics"}
+var readMethods = []string{"GetConnectionByToken", "ListAddresses", "GetStatistics", "GetCounters"}
 
 // TestClientCallsCoverContract checks that clientCalls has every method of
 // the Manager and Connection interfaces, so that a new mutating method is
@@ -314,6 +315,9 @@ func startServer(t *testing.T, bus *dbustest.Bus, be Backend, opts func(*dbus.Co
 	o := opts(conn)
 	if o.Stats == nil {
 		o.Stats = fakeStats{}
+	}
+	if o.Counters == nil {
+		o.Counters = fakeCounters
 	}
 	srv, err := New(conn, be, o)
 	if err != nil {

@@ -224,6 +224,9 @@ func newHarness(t *testing.T, opts Options, setup func(*fakeBackend)) *harness {
 	if opts.Stats == nil {
 		opts.Stats = fakeStats{}
 	}
+	if opts.Counters == nil {
+		opts.Counters = fakeCounters
+	}
 	var err error
 	h.srv, err = New(h.srvConn, h.be, opts)
 	if err != nil {
@@ -388,4 +391,9 @@ func (fakeStats) Stats(tokens []uint32, owner bool) (map[uint32]ConnStats, error
 		}
 	}
 	return out, nil
+}
+
+// fakeCounters are the counters of the tests.
+func fakeCounters() (map[string]uint64, error) {
+	return map[string]uint64{"MPJoinSynRx": 12, "Blackhole": 0}, nil
 }

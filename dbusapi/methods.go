@@ -32,6 +32,7 @@ func (s *Server) managerMethods() map[string]any {
 		"SetInterfacePreference": s.setInterfacePreference,
 		"ListAddresses":          s.listAddresses,
 		"GetStatistics":          s.getStatistics,
+		"GetCounters":            s.getCounters,
 	}
 }
 

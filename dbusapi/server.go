@@ -86,6 +86,9 @@ type Options struct {
 	// Stats reads connection statistics for GetStatistics; nil answers
 	// NotSupported.
 	Stats StatsSource
+	// Counters reads the kernel's MPTCP counters for GetCounters; nil
+	// answers NotSupported.
+	Counters CounterSource
 	// SignalQueue bounds the signals other than PropertiesChanged that
 	// may wait to be sent (the emitter); beyond it they are dropped and
 	// counted. 0 means DefaultSignalQueue.
@@ -125,7 +128,8 @@ type Server struct {
 
 	managerXML    string
 	connectionXML string
-	stats         StatsSource // nil: none
+	stats         StatsSource   // nil: none
+	counters      CounterSource // nil: none
 }
 
 // New exports the manager object /org/mptcp/PathManager1 and the connection
@@ -135,12 +139,13 @@ type Server struct {
 // is ready.
 func New(conn *dbus.Conn, b Backend, opts Options) (*Server, error) {
 	s := &Server{
-		conn:  conn,
-		b:     b,
-		auth:  opts.Authorizer,
-		log:   opts.Logger,
-		conns: make(map[uint64]service.Connection),
-		stats: opts.Stats,
+		conn:     conn,
+		b:        b,
+		auth:     opts.Authorizer,
+		log:      opts.Logger,
+		conns:    make(map[uint64]service.Connection),
+		stats:    opts.Stats,
+		counters: opts.Counters,
 
 		inFlight: newInFlight(conn, opts),
 	}

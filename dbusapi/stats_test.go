@@ -52,3 +52,14 @@ func (noStats) Stats([]uint32, bool) (map[uint32]ConnStats, error) {
 }
 
 var errNoStats = dbus.ErrMsgNoObject
+
+func TestGetCounters(t *testing.T) {
+	h := newHarness(t, Options{}, withState)
+	var m map[string]uint64
+	if err := h.obj(ManagerPath).Call(ManagerInterface+".GetCounters", 0).Store(&m); err != nil {
+		t.Fatal(err)
+	}
+	if m["MPJoinSynRx"] != 12 || len(m) != 2 {
+		t.Errorf("GetCounters = %v", m)
+	}
+}

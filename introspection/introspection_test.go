@@ -29,8 +29,9 @@ var contract = map[string]struct {
 			"ListAddresses":          "->a(ssbs)", // an addition to version 1 (mptcpctl addresses)
 			"SetInterfacePreference": "ss->",
 			"GetStatistics":          "->a{oa{sv}}",
+			"GetCounters":            "->a{st}",
 		},
-		signals: map[string]string{},
+		signals: map[string]string{"CounterIncreased": "stt"},
 		properties: map[string]string{
 			"Version": "s", "ControlMode": "s", "Controller": "s", "Policy": "s",
 			"KernelPathManager": "s", "Endpoints": "a(ysqasss)", "Limits": "(uu)",

@@ -82,6 +82,9 @@ type options struct {
 	policy     string
 	importConf string // --import-mptcpd-conf: print this mptcpd.conf as TOML and exit
 	runtimeDir string // --runtime-dir: where the record of the daemon's endpoints is kept
+	// counterInterval (--counter-interval) is how often the trouble
+	// counters are read for CounterIncreased.
+	counterInterval time.Duration
 }
 
 // defaultRuntimeDir is where the daemon keeps what must outlive a restart
@@ -100,7 +103,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fl.SetOutput(stderr)
 	fl.StringVar(&o.configPath, "config", defaultConfigPath, "configuration `file` (TOML)")
 	fl.StringVar(&o.logLevel, "log-level", "", "log `level`: debug, info, warn, error (overrides the file)")
-	fl.StringVar(&o.policy, "policy", "", "built-in `policy`: endpoints, subflow-per-interface, fullmesh, none (overrides the file)")
+	fl.StringVar(&o.policy, "policy", "", "built-in `policy`: endpoints, subflow-per-interface, fullmesh, handover, none (overrides the file)")
+	fl.DurationVar(&o.counterInterval, "counter-interval", counterInterval, "how often the kernel's MPTCP trouble counters are read for CounterIncreased (`duration`)")
 	showVersion := fl.Bool("version", false, "print the version and exit")
 	fl.StringVar(&o.importConf, "import-mptcpd-conf", "", "print the TOML equivalent of mptcpd's configuration `file` and exit")
 	fl.StringVar(&o.runtimeDir, "runtime-dir", defaultRuntimeDir(), "`directory` of the record of the endpoints the daemon made, kept across restarts")
@@ -116,6 +120,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if fl.NArg() > 0 {
 		return o, fmt.Errorf("%w: unexpected argument %q", errUsage, fl.Arg(0))
+	}
+	if o.counterInterval <= 0 {
+		return o, fmt.Errorf("%w: --counter-interval must be positive", errUsage)
 	}
 	if *showVersion {
 		fmt.Println("mptcp-pmd", version)
@@ -260,7 +267,7 @@ func (d *pmd) open(ctx context.Context) error {
 		return fmt.Errorf("sock_diag: %w", err)
 	}
 	if d.srv, err = dbusapi.New(d.conn, d.svc, dbusapi.Options{Authorizer: d.auth, Logger: d.log,
-		Stats: &statsSource{dc: d.stats}}); err != nil {
+		Stats: &statsSource{dc: d.stats}, Counters: pm.Counters}); err != nil {
 		return err
 	}
 	pub.Publisher = d.srv
@@ -392,6 +399,7 @@ func (d *pmd) serve(ctx context.Context, stop func(), hup <-chan os.Signal) erro
 		}
 	}
 	go trimMemory(ctx, trimInterval, trimThreshold, d.log)
+	go watchCounters(ctx, d.srv, d.log, d.opts.counterInterval, counterQuiet)
 	d.log.Info("mptcp-pmd running", "version", version, "policy", d.cfg.Policy, "bus_name", dbusapi.BusName,
 		"startup", time.Since(d.started).Round(time.Microsecond))
 	stall := time.NewTicker(time.Second)

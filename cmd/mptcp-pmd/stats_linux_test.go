@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -187,4 +189,67 @@ func BenchmarkStatistics10000(b *testing.B) {
 	b.ReportMetric(float64(call.Milliseconds())/float64(b.N), "ms/call")
 	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "daemon-cpu-ms/call")
 	b.ReportMetric(float64(call)/float64(ping), "call/ping")
+}
+
+// TestCounterIncreased: an MPTCP connection to a plain TCP listener falls
+// back (MPCapableFallbackSYNACK grows in the client's namespace): the
+// daemon signals CounterIncreased, once within the quiet time however
+// often it grows; mptcpctl counters shows the counter.
+func TestCounterIncreased(t *testing.T) {
+	s := newSetup(t, pmtest.LabOptions{Paths: 1})
+	cli, srv := s.lab.Client, s.lab.Server
+	startDaemon(t, cli, s.bus, "--counter-interval", "100ms")
+	var ln net.Listener
+	if err := srv.Do(func() (err error) {
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(false) // plain TCP (Go listens with MPTCP by default)
+		ln, err = lc.Listen(context.Background(), "tcp", netip.AddrPortFrom(srv.Addrs4[0], 0).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	fallback := func() {
+		t.Helper()
+		if err := cli.Do(func() error {
+			d := net.Dialer{Timeout: 5 * time.Second}
+			d.SetMultipathTCP(true)
+			c, err := d.Dial("tcp", ln.Addr().String())
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mark := s.rec.mark()
+	fallback()
+	sig := s.rec.waitAfter(t, mark, "CounterIncreased", func(sig *dbus.Signal) bool {
+		return sig.Name == dbusapi.ManagerInterface+".CounterIncreased" && sig.Body[0] == "MPCapableFallbackSYNACK"
+	})
+	if sig.Body[2] != uint64(1) {
+		t.Errorf("CounterIncreased %v: want an increase of 1", sig.Body)
+	}
+	mark = s.rec.mark()
+	fallback()
+	time.Sleep(time.Second)
+	for _, sig := range s.rec.signals(mark) {
+		if sig.Name == dbusapi.ManagerInterface+".CounterIncreased" {
+			t.Errorf("a second CounterIncreased within the quiet time: %v", sig.Body)
+		}
+	}
+	out, _, code := ctl(t, s.bus, "counters")
+	if code != 0 || !regexp.MustCompile(`(?m)^MPTcpExtMPCapableFallbackSYNACK +2$`).MatchString(out) {
+		t.Errorf("mptcpctl counters (exit %d):\n%s", code, out)
+	}
 }

@@ -36,6 +36,7 @@ func init() {
 		{"preferences", "", "how each interface's paths are used", preferencesHelp, cmdPreferences},
 		{"preference set", "INTERFACE cheap|expensive|backup|off|default", "set an interface's preference", preferencesHelp, cmdPreferenceSet},
 		{"addresses", "", "local addresses, usable or why filtered out", addressesHelp, cmdAddresses},
+		{"counters", "[--all]", "the kernel's MPTCP counters (MPTcpExt), those not zero", countersHelp, cmdCounters},
 		{"monitor", "", "print events as they happen (Ctrl-C ends)", monitorHelp, cmdMonitor},
 		{"revoke", "", "take control back from the registered controller", revokeHelp, cmdRevoke},
 		{"subflow add", "CONN LOCAL[:PORT] REMOTE:PORT [--backup] [--local-id ID] [--interface IF]", "create a subflow", userspaceHelp, cmdSubflowAdd},
@@ -72,6 +73,11 @@ by SIGINT, 143 terminated by SIGTERM (monitor: 0, its normal end).
 `
 
 const (
+	countersHelp = `The MPTcpExt counters of the daemon's network namespace, as nstat shows
+them, read by the daemon (Manager.GetCounters); --all shows the zero ones
+too. The daemon signals (CounterIncreased) and logs the growth of those
+that mean trouble, such as MPTcpExtMPFallbackTokenInit or
+MPTcpExtMPJoinSynTxCreatSkErr.`
 	preferencesHelp = `An interface's preference says how paths through it are used: cheap
 ones carry traffic; expensive ones (metered, mobile data) and backup ones
 stand by (backup endpoints and subflows; the handover policy moves traffic

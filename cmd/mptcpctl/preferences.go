@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"maps"
 	"slices"
@@ -41,4 +42,30 @@ func cmdPreferenceSet(x *cmdCtx, args []string) error {
 		return err
 	}
 	return callError(c.callManager("SetInterfacePreference", pos[0], pos[1]).Err)
+}
+
+func cmdCounters(x *cmdCtx, args []string) error {
+	fs := flag.NewFlagSet("counters", flag.ContinueOnError)
+	all := fs.Bool("all", false, "")
+	if _, err := x.parse("counters", fs, args, 0); err != nil {
+		return err
+	}
+	c, err := x.client()
+	if err != nil {
+		return err
+	}
+	var m map[string]uint64
+	if err := c.callManager("GetCounters").Store(&m); err != nil {
+		return callError(err)
+	}
+	if x.json {
+		return printJSON(x.out, m)
+	}
+	tw := table(x.out)
+	for _, name := range slices.Sorted(maps.Keys(m)) {
+		if m[name] != 0 || *all {
+			fmt.Fprintf(tw, "MPTcpExt%s\t%d\n", name, m[name])
+		}
+	}
+	return tw.Flush()
 }

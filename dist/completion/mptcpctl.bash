@@ -53,6 +53,7 @@ _mptcpctl()
         case "$cmd $sub" in
         "endpoint add") opts+=" --port --flags --interface --id" ;;
         "connection show") opts+=" --stats" ;;
+        "counters ") opts+=" --all" ;;
         "subflow add") opts+=" --backup --local-id --interface" ;;
         "announce "*) opts+=" --id" ;;
         esac
@@ -62,8 +63,8 @@ _mptcpctl()
 
     local words=""
     case "$cmd" in
-    "") words="status connections connection endpoints endpoint limits preferences preference addresses monitor revoke subflow announce remove help" ;;
-    help) ((npos == 0)) && words="status connections connection endpoints endpoint limits preferences preference addresses monitor revoke subflow announce remove help" ;;
+    "") words="status connections connection endpoints endpoint limits preferences preference addresses counters monitor revoke subflow announce remove help" ;;
+    help) ((npos == 0)) && words="status connections connection endpoints endpoint limits preferences preference addresses counters monitor revoke subflow announce remove help" ;;
     connection) [[ -z $sub ]] && words="show" ;;
     endpoint) [[ -z $sub ]] && words="add del set flush" ;;
     limits) [[ -z $sub ]] && words="set" ;;
