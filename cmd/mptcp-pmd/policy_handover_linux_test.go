@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -238,6 +240,32 @@ func TestHandoverWarm(t *testing.T) {
 	})
 	if g := hoGrowth(t, dc, lport, time.Second); g[cheap] < 200_000 || g[expensive] > 2_000 {
 		t.Fatalf("while the cheap path works, one second carried %v: want the stream (250 kB) on %s and nothing on %s", g, cheap, expensive)
+	}
+	// mptcpctl top sees the same: the stream's rate on the active subflow,
+	// nothing on the standby.
+	out, _, code := ctl(t, d.bus, "--json", "top", "--count", "1")
+	var top struct {
+		Connections []struct {
+			SentPerS float64 `json:"sent_bytes_per_s"`
+			Subflows []struct {
+				Local    string  `json:"local"`
+				Standby  bool    `json:"standby"`
+				SentPerS float64 `json:"sent_bytes_per_s"`
+			} `json:"subflows"`
+		} `json:"connections"`
+	}
+	if err := json.Unmarshal([]byte(out), &top); code != 0 || err != nil || len(top.Connections) != 1 {
+		t.Fatalf("mptcpctl --json top --count 1 (exit %d, %v):\n%s", code, err, out)
+	}
+	for _, sf := range top.Connections[0].Subflows {
+		if onCheap := strings.HasPrefix(sf.Local, cheap.String()+":"); onCheap == sf.Standby ||
+			onCheap && (sf.SentPerS < 150e3 || sf.SentPerS > 400e3) || !onCheap && sf.SentPerS > 2e3 {
+			t.Errorf("mptcpctl top: subflow %+v (the stream is 250 kB/s on %s)", sf, cheap)
+		}
+	}
+	if testing.Verbose() {
+		out, _, _ := ctl(t, d.bus, "top", "--count", "1")
+		t.Logf("$ mptcpctl top --count 1\n%s", out)
 	}
 
 	for _, failure := range []string{"blackhole", "carrier"} {

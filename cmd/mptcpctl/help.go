@@ -38,6 +38,7 @@ func init() {
 		{"addresses", "", "local addresses, usable or why filtered out", addressesHelp, cmdAddresses},
 		{"counters", "[--all]", "the kernel's MPTCP counters (MPTcpExt), those not zero", countersHelp, cmdCounters},
 		{"monitor", "", "print events as they happen (Ctrl-C ends)", monitorHelp, cmdMonitor},
+		{"top", "[--interval DURATION] [--count N]", "live rates per connection and subflow (Ctrl-C ends)", topHelp, cmdTop},
 		{"revoke", "", "take control back from the registered controller", revokeHelp, cmdRevoke},
 		{"subflow add", "CONN LOCAL[:PORT] REMOTE:PORT [--backup] [--local-id ID] [--interface IF]", "create a subflow", userspaceHelp, cmdSubflowAdd},
 		{"subflow del", "CONN LOCAL:PORT REMOTE:PORT", "close a subflow", userspaceHelp, cmdSubflowDel},
@@ -73,6 +74,13 @@ by SIGINT, 143 terminated by SIGTERM (monitor: 0, its normal end).
 `
 
 const (
+	topHelp = `Every interval (default 1s) reads every connection's statistics
+(Manager.GetStatistics) and prints, busiest first, each connection's owner
+(systemd unit, cgroup or uid), the bytes it sent and received per second
+and retransmitted in all, and each subflow's rates and round-trip time,
+"active" or "standby" (backup). Plain text, one refresh after the other
+(the screen is cleared between them on a terminal); with --json one object
+per refresh. --count N ends after N refreshes.`
 	countersHelp = `The MPTcpExt counters of the daemon's network namespace, as nstat shows
 them, read by the daemon (Manager.GetCounters); --all shows the zero ones
 too. The daemon signals (CounterIncreased) and logs the growth of those

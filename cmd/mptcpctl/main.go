@@ -103,7 +103,7 @@ func main() {
 // cause is a signalError, a command that fails because of it exits with
 // the signal's code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	x := &cmdCtx{ctx: ctx, out: stdout, timeout: defaultTimeout}
+	x := &cmdCtx{ctx: ctx, out: stdout, timeout: defaultTimeout, terminal: isTerminal(stdout)}
 	defer x.close()
 	err := x.dispatch(args)
 	if err == nil || errors.Is(err, errHelp) {
@@ -134,6 +134,19 @@ type cmdCtx struct {
 	json    bool
 	timeout time.Duration // the most each request waits for its answer (--timeout)
 	c       *client
+	// terminal: out is a terminal (top clears the screen between
+	// refreshes).
+	terminal bool
+}
+
+// isTerminal reports whether w is a character device, such as a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // client returns the connection to the daemon, dialling it the first time.

@@ -30,7 +30,7 @@ _mptcpctl()
     for ((i = 1; i < COMP_CWORD; i++)); do
         w=${COMP_WORDS[i]}
         case $w in
-        --port | --flags | --interface | --id | --local-id | --timeout | -timeout) ((i++)); continue ;;
+        --port | --flags | --interface | --id | --local-id | --timeout | -timeout | --interval | --count) ((i++)); continue ;;
         -*) continue ;;
         esac
         if [[ -z $cmd ]]; then
@@ -45,7 +45,7 @@ _mptcpctl()
     case $prev in
     --flags) _mptcpctl_flag_list "$cur"; return ;;
     --interface) COMPREPLY=($(compgen -W "$(command ls /sys/class/net 2>/dev/null)" -- "$cur")); return ;;
-    --port | --id | --local-id | --timeout | -timeout) return ;;
+    --port | --id | --local-id | --timeout | -timeout | --interval | --count) return ;;
     esac
 
     if [[ $cur == -* ]]; then
@@ -54,6 +54,7 @@ _mptcpctl()
         "endpoint add") opts+=" --port --flags --interface --id" ;;
         "connection show") opts+=" --stats" ;;
         "counters ") opts+=" --all" ;;
+        "top ") opts+=" --interval --count" ;;
         "subflow add") opts+=" --backup --local-id --interface" ;;
         "announce "*) opts+=" --id" ;;
         esac
@@ -63,8 +64,8 @@ _mptcpctl()
 
     local words=""
     case "$cmd" in
-    "") words="status connections connection endpoints endpoint limits preferences preference addresses counters monitor revoke subflow announce remove help" ;;
-    help) ((npos == 0)) && words="status connections connection endpoints endpoint limits preferences preference addresses counters monitor revoke subflow announce remove help" ;;
+    "") words="status connections connection endpoints endpoint limits preferences preference addresses counters monitor top revoke subflow announce remove help" ;;
+    help) ((npos == 0)) && words="status connections connection endpoints endpoint limits preferences preference addresses counters monitor top revoke subflow announce remove help" ;;
     connection) [[ -z $sub ]] && words="show" ;;
     endpoint) [[ -z $sub ]] && words="add del set flush" ;;
     limits) [[ -z $sub ]] && words="set" ;;
