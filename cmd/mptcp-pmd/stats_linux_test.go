@@ -252,4 +252,20 @@ func TestCounterIncreased(t *testing.T) {
 	if code != 0 || !regexp.MustCompile(`(?m)^MPTcpExtMPCapableFallbackSYNACK +2$`).MatchString(out) {
 		t.Errorf("mptcpctl counters (exit %d):\n%s", code, out)
 	}
+
+	// The bug report has them too, and the rest.
+	report := filepath.Join(t.TempDir(), "report.txt")
+	if out, errOut, code := ctl(t, s.bus, "diagnose", "--output", report); code != 0 || !strings.Contains(out, "wrote "+report) {
+		t.Fatalf("mptcpctl diagnose (exit %d): %s %s", code, out, errOut)
+	}
+	b, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"===== kernel =====", "===== net.mptcp sysctls =====", "enabled = 1",
+		"===== the daemon =====", `"policy": "none"`, "MPTcpExtMPCapableFallbackSYNACK 2", "===== ss -Mni ====="} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("the report lacks %q:\n%s", want, b)
+		}
+	}
 }

@@ -40,6 +40,7 @@ func init() {
 		{"monitor", "", "print events as they happen (Ctrl-C ends)", monitorHelp, cmdMonitor},
 		{"top", "[--interval DURATION] [--count N]", "live rates per connection and subflow (Ctrl-C ends)", topHelp, cmdTop},
 		{"revoke", "", "take control back from the registered controller", revokeHelp, cmdRevoke},
+		{"diagnose", "[--output FILE]", "what a bug report needs, in one file", diagnoseHelp, cmdDiagnose},
 		{"subflow add", "CONN LOCAL[:PORT] REMOTE:PORT [--backup] [--local-id ID] [--interface IF]", "create a subflow", userspaceHelp, cmdSubflowAdd},
 		{"subflow del", "CONN LOCAL:PORT REMOTE:PORT", "close a subflow", userspaceHelp, cmdSubflowDel},
 		{"subflow backup", "CONN LOCAL[:PORT] REMOTE:PORT on|off", "set or clear a subflow's backup flag", userspaceHelp, cmdSubflowBackup},
@@ -74,6 +75,13 @@ by SIGINT, 143 terminated by SIGTERM (monitor: 0, its normal end).
 `
 
 const (
+	diagnoseHelp = `Collects, into FILE (mode 0600) or on standard output: the kernel's
+version and net.mptcp sysctls, the daemon's status, limits, endpoints,
+addresses, preferences, warnings, connections and MPTCP counters, its
+configuration file, "ip mptcp limits show" and "endpoint show", "ss -Mni",
+and the daemon's last 300 journal records. Each part that cannot be read
+says why; the others are still written. It holds no secrets (the
+configuration has none), but addresses: look before you share it.`
 	topHelp = `Every interval (default 1s) reads every connection's statistics
 (Manager.GetStatistics) and prints, busiest first, each connection's owner
 (systemd unit, cgroup or uid), the bytes it sent and received per second

@@ -30,7 +30,7 @@ _mptcpctl()
     for ((i = 1; i < COMP_CWORD; i++)); do
         w=${COMP_WORDS[i]}
         case $w in
-        --port | --flags | --interface | --id | --local-id | --timeout | -timeout | --interval | --count) ((i++)); continue ;;
+        --port | --flags | --interface | --id | --local-id | --timeout | -timeout | --interval | --count | --output) ((i++)); continue ;;
         -*) continue ;;
         esac
         if [[ -z $cmd ]]; then
@@ -46,6 +46,7 @@ _mptcpctl()
     --flags) _mptcpctl_flag_list "$cur"; return ;;
     --interface) COMPREPLY=($(compgen -W "$(command ls /sys/class/net 2>/dev/null)" -- "$cur")); return ;;
     --port | --id | --local-id | --timeout | -timeout | --interval | --count) return ;;
+    --output) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     esac
 
     if [[ $cur == -* ]]; then
@@ -55,6 +56,7 @@ _mptcpctl()
         "connection show") opts+=" --stats" ;;
         "counters ") opts+=" --all" ;;
         "top ") opts+=" --interval --count" ;;
+        "diagnose ") opts+=" --output" ;;
         "subflow add") opts+=" --backup --local-id --interface" ;;
         "announce "*) opts+=" --id" ;;
         esac
@@ -64,8 +66,8 @@ _mptcpctl()
 
     local words=""
     case "$cmd" in
-    "") words="status connections connection endpoints endpoint limits preferences preference addresses counters monitor top revoke subflow announce remove help" ;;
-    help) ((npos == 0)) && words="status connections connection endpoints endpoint limits preferences preference addresses counters monitor top revoke subflow announce remove help" ;;
+    "") words="status connections connection endpoints endpoint limits preferences preference addresses counters monitor top revoke diagnose subflow announce remove help" ;;
+    help) ((npos == 0)) && words="status connections connection endpoints endpoint limits preferences preference addresses counters monitor top revoke diagnose subflow announce remove help" ;;
     connection) [[ -z $sub ]] && words="show" ;;
     endpoint) [[ -z $sub ]] && words="add del set flush" ;;
     limits) [[ -z $sub ]] && words="set" ;;
