@@ -177,16 +177,17 @@ func hoGrowth(t *testing.T, dc *diag.Client, lport uint16, d time.Duration) map[
 	return out
 }
 
-// hoWaitCarrying waits until the subflow from local carries at least 40 kB
-// within 200 ms (the stream's rate is 250 kB/s), and returns when.
-func hoWaitCarrying(t *testing.T, dc *diag.Client, lport uint16, local netip.Addr, limit time.Duration, what string) time.Time {
+// hoWaitCarrying waits until the stream has moved to the subflow from
+// local: it carries at least 40 kB within 200 ms (the stream's rate is
+// 250 kB/s) and the subflow from other less than 2 kB; and returns when.
+func hoWaitCarrying(t *testing.T, dc *diag.Client, lport uint16, local, other netip.Addr, limit time.Duration, what string) time.Time {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for {
-		if g := hoGrowth(t, dc, lport, 200*time.Millisecond); g[local] >= 40_000 {
+		if g := hoGrowth(t, dc, lport, 200*time.Millisecond); g[local] >= 40_000 && g[other] < 2_000 {
 			return time.Now()
 		} else if time.Now().After(deadline) {
-			t.Fatalf("%s: %s does not carry the stream within %v (last 200 ms: %v)", what, local, limit, g)
+			t.Fatalf("%s: the stream is not on %s alone within %v (last 200 ms: %v)", what, local, limit, g)
 		}
 	}
 }
@@ -205,17 +206,22 @@ func blackhole(t *testing.T, lab *pmtest.Lab, on bool) {
 	srv.Run(t, "ip", "neigh", "del", cli.Addrs4[0].String(), "dev", srv.Ifaces[0])
 }
 
-func hoSetup(t *testing.T, standby string) (*pmtest.Lab, *testDaemon, *hoStream, *diag.Client, uint16) {
-	t.Helper()
-	s := newSetup(t, pmtest.LabOptions{Paths: 2, ClientPM: "userspace"})
-	d := startDaemon(t, s.lab.Client, s.bus, "--policy", "handover", configArg(t, fmt.Sprintf(`
+// hoArgs are the daemon's arguments for the handover tests.
+func hoArgs(t *testing.T, standby string) []string {
+	return []string{"--policy", "handover", configArg(t, fmt.Sprintf(`
 [handover]
 standby = %q
 stall_timeout = "150ms"
 hysteresis = "2s"
 [interfaces.c1]
 preference = "expensive"
-`, standby)))
+`, standby))}
+}
+
+func hoSetup(t *testing.T, standby string) (*pmtest.Lab, *testDaemon, *hoStream, *diag.Client, uint16) {
+	t.Helper()
+	s := newSetup(t, pmtest.LabOptions{Paths: 2, ClientPM: "userspace"})
+	d := startDaemon(t, s.lab.Client, s.bus, hoArgs(t, standby)...)
 	dc, err := diag.Dial(&diag.Config{NetNS: s.lab.Client.NSFD()})
 	if err != nil {
 		t.Fatal(err)
@@ -275,7 +281,7 @@ func TestHandoverWarm(t *testing.T) {
 		} else {
 			lab.Server.Run(t, "ip", "link", "set", lab.Server.Ifaces[0], "down")
 		}
-		at := hoWaitCarrying(t, dc, lport, expensive, 5*time.Second, failure+": failover")
+		at := hoWaitCarrying(t, dc, lport, expensive, cheap, 5*time.Second, failure+": failover")
 		gap, _ := st.maxGap(start)
 		t.Logf("%s: the standby carries the stream %v after the failure; longest gap at the receiver %v",
 			failure, at.Sub(start).Round(time.Millisecond), gap.Round(time.Millisecond))
@@ -286,7 +292,7 @@ func TestHandoverWarm(t *testing.T) {
 		} else {
 			lab.Server.Run(t, "ip", "link", "set", lab.Server.Ifaces[0], "up")
 		}
-		at = hoWaitCarrying(t, dc, lport, cheap, 15*time.Second, failure+": back")
+		at = hoWaitCarrying(t, dc, lport, cheap, expensive, 15*time.Second, failure+": back")
 		if at.Sub(back) < 2*time.Second {
 			t.Errorf("%s: the stream moved back %v after the path came back, before the hysteresis (2 s)", failure, at.Sub(back))
 		}
@@ -331,14 +337,44 @@ func TestHandoverCold(t *testing.T) {
 	}
 	start := time.Now()
 	blackhole(t, lab, true)
-	at := hoWaitCarrying(t, dc, lport, expensive, 5*time.Second, "cold failover")
+	at := hoWaitCarrying(t, dc, lport, expensive, cheap, 5*time.Second, "cold failover")
 	gap, _ := st.maxGap(start)
 	t.Logf("cold standby: carries the stream %v after the failure; longest gap %v", at.Sub(start).Round(time.Millisecond), gap.Round(time.Millisecond))
 	blackhole(t, lab, false)
-	hoWaitCarrying(t, dc, lport, cheap, 15*time.Second, "cold: back")
+	hoWaitCarrying(t, dc, lport, cheap, expensive, 15*time.Second, "cold: back")
 	eventually(t, 5*time.Second, "the cold standby closed", func() bool {
 		_, ok := hoBytes(t, dc, lport)[expensive]
 		return !ok
 	})
 	st.check(t)
+}
+
+// TestHandoverRestart: the daemon is killed (kill -9) while the standby
+// carries the stream; the next one finds the connection as it was (the
+// cheap subflow standing by, from the kernel's flags) and moves the stream
+// back once the cheap path has returned and held for the hysteresis.
+func TestHandoverRestart(t *testing.T) {
+	lab, d, st, dc, lport := hoSetup(t, "warm")
+	cheap, expensive := lab.Client.Addrs4[0], lab.Client.Addrs4[1]
+	eventually(t, 5*time.Second, "the warm standby subflow", func() bool {
+		_, ok := hoBytes(t, dc, lport)[expensive]
+		return ok
+	})
+	blackhole(t, lab, true)
+	hoWaitCarrying(t, dc, lport, expensive, cheap, 5*time.Second, "failover")
+	d.kill9(t)
+	d2 := startDaemon(t, lab.Client, d.bus, hoArgs(t, "warm")...)
+	blackhole(t, lab, false)
+	back := time.Now()
+	at := hoWaitCarrying(t, dc, lport, cheap, expensive, 15*time.Second, "back after the restart")
+	if at.Sub(back) < 2*time.Second {
+		t.Errorf("the stream moved back %v after the path returned, before the hysteresis", at.Sub(back))
+	}
+	if g := hoGrowth(t, dc, lport, time.Second); g[expensive] > 2_000 {
+		t.Errorf("back on the cheap path, the standby still carries %d bytes a second", g[expensive])
+	}
+	st.check(t)
+	if strings.Contains(d2.log.String(), "level=ERROR") {
+		t.Errorf("the restarted daemon logged errors:\n%s", d2.log.String())
+	}
 }
