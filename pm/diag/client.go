@@ -272,3 +272,53 @@ func (c *Client) readOnce(fd uintptr) bool {
 		return true
 	}
 }
+
+// ErrNoSuchConn is wrapped by ConnByToken's error when the kernel has no
+// connection with the token.
+var ErrNoSuchConn = errors.New("no MPTCP connection with this token")
+
+// ConnByToken returns the MPTCP connection with the local token, which the
+// kernel looks up alone (mptcp_diag's lookup by token: no dump of every
+// socket).
+func (c *Client) ConnByToken(token uint32) (Conn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	seq := c.seq
+	c.req = appendRequest(c.req[:0], seq, afInet, ipprotoMPTCP, extInfo, AllStates)
+	ne.PutUint16(c.req[6:], nlmFRequest) // one socket, not a dump
+	id := c.req[nlmsgHdrLen+8:]          // struct inet_diag_sockid
+	ne.PutUint32(id[40:], token)         // idiag_cookie[0]: mptcp_diag looks the token up
+	ne.PutUint32(id[44:], 0)
+	if err := c.rc.Write(c.writeFn); err != nil {
+		return Conn{}, fmt.Errorf("diag: connection %08x: %w", token, err)
+	}
+	if c.ioErr != nil {
+		return Conn{}, fmt.Errorf("diag: connection %08x: %w", token, c.ioErr)
+	}
+	var out Conn
+	found := false
+	for !found {
+		if err := c.rc.Read(c.readFn); err != nil {
+			return Conn{}, fmt.Errorf("diag: connection %08x: %w", token, err)
+		}
+		if c.ioErr != nil {
+			return Conn{}, fmt.Errorf("diag: connection %08x: %w", token, c.ioErr)
+		}
+		if c.tail < 0 {
+			return Conn{}, fmt.Errorf("diag: connection %08x: %w: reply too large", token, errMalformed)
+		}
+		_, err := parseDump(c.buf[:c.tail], seq, func(p []byte) error {
+			conn, err := decodeConn(p)
+			out, found = conn, err == nil
+			return err
+		})
+		switch {
+		case errors.Is(err, syscall.ENOENT):
+			return Conn{}, fmt.Errorf("diag: connection %08x: %w", token, ErrNoSuchConn)
+		case err != nil:
+			return Conn{}, fmt.Errorf("diag: connection %08x: %w", token, err)
+		}
+	}
+	return out, nil
+}

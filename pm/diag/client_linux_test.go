@@ -2,6 +2,7 @@ package diag
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -279,6 +280,19 @@ func TestConnectionBothSides(t *testing.T) {
 				}
 				return ""
 			})
+			// Each end looked up alone by its token.
+			for _, x := range []struct {
+				d *Client
+				c *Conn
+			}{{cd, cc}, {sd, sc}} {
+				one, err := x.d.ConnByToken(x.c.Token)
+				if err != nil || one.Token != x.c.Token || one.Local != x.c.Local || one.Remote != x.c.Remote || one.Inode != x.c.Inode {
+					t.Errorf("ConnByToken(%08x) = %+v, %v; the dump says %+v", x.c.Token, one, err, *x.c)
+				}
+			}
+			if _, err := cd.ConnByToken(cc.Token ^ 0x5a5a5a5a); !errors.Is(err, ErrNoSuchConn) {
+				t.Errorf("ConnByToken of an unknown token: %v, want ErrNoSuchConn", err)
+			}
 			cfam, sfam := uint8(afInet), uint8(afInet)
 			switch fam {
 			case "ipv6":
