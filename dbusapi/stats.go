@@ -32,7 +32,10 @@ type ConnStats struct {
 	UID      uint32
 	PID      int
 	Command  string
-	Subflows []SubflowStats // established subflows, the initial one included
+	// Rule is the name of the configuration's rule that chose the
+	// connection's policy, and Policy that policy; "" when none did.
+	Rule, Policy string
+	Subflows     []SubflowStats // established subflows, the initial one included
 }
 
 // SubflowStats are the statistics of one subflow (struct tcp_info).
@@ -90,6 +93,8 @@ func statsWire(c ConnStats) map[string]dbus.Variant {
 		"unit":                dbus.MakeVariant(c.Unit),
 		"uid":                 dbus.MakeVariant(c.UID),
 		"subflows":            dbus.MakeVariant(sfs),
+		"rule":                dbus.MakeVariant(c.Rule),
+		"policy":              dbus.MakeVariant(c.Policy),
 	}
 	if c.PID != 0 {
 		out["pid"] = dbus.MakeVariant(uint32(c.PID))

@@ -520,7 +520,7 @@ func TestPolkitAction(t *testing.T) {
 
 // settingLine is a commented-out setting in the example configuration:
 // "#key = value" or "#[table]" (prose comments start with "# ").
-var settingLine = regexp.MustCompile(`^#(\[[a-z_.0-9]+\]|[a-z_]+ = .*)$`)
+var settingLine = regexp.MustCompile(`^#(\[\[?[a-z_.0-9]+\]\]?|[a-z_]+ = .*)$`)
 
 // uncommented returns the example configuration with its settings
 // uncommented.
@@ -566,10 +566,10 @@ func TestExampleConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the example's settings: %v", err)
 	}
-	if cfg.Limits == nil || len(cfg.Interfaces) == 0 {
-		t.Errorf("the example shows no [limits] or [interfaces.NAME]: %+v", cfg)
+	if cfg.Limits == nil || len(cfg.Interfaces) == 0 || len(cfg.Rules) == 0 {
+		t.Errorf("the example shows no [limits], [interfaces.NAME] or [[rules]]: %+v", cfg)
 	}
-	cfg.Limits, cfg.Interfaces = nil, nil
+	cfg.Limits, cfg.Interfaces, cfg.Rules = nil, nil, nil
 	if !sameConfig(cfg, service.DefaultConfig()) {
 		t.Errorf("the example's values are not the defaults:\n got %+v\nwant %+v", cfg, service.DefaultConfig())
 	}
@@ -596,7 +596,7 @@ func TestExampleConfigComplete(t *testing.T) {
 		for _, m := range tag.FindAllStringSubmatch(string(data), -1) {
 			keys++
 			k := m[1]
-			if !regexp.MustCompile(`(?m)^(` + k + ` = |\[` + k + `[].])`).MatchString(example) {
+			if !regexp.MustCompile(`(?m)^(` + k + ` = |\[` + k + `[].]|\[\[` + k + `\]\])`).MatchString(example) {
 				t.Errorf("%s: the example configuration does not show the key %s", filepath.Base(src), k)
 			}
 		}

@@ -45,6 +45,9 @@ type Config struct {
 	// whose members may call the mutating D-Bus methods, as root may.
 	// Others need polkit's yes.
 	AuthGroups []string
+	// Rules ([[rules]]) choose the policy of the connections they match,
+	// the first that matches; the others have Policy.
+	Rules []Rule
 	// Handover ([handover]) holds the handover policy's settings.
 	Handover HandoverConfig
 	// NetworkManager (network_manager) says how the daemon treats
@@ -133,7 +136,12 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("config: interfaces.%s.preference: %v", name, ic.Preference)
 		}
 	}
-	if c.Handover.StallTimeout <= 0 || c.Handover.Hysteresis <= 0 {
+	for _, r := range c.Rules {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("config: rules: %w", err)
+		}
+	}
+	if c.Handover.StallTimeout < 0 || c.Handover.Hysteresis < 0 {
 		return fmt.Errorf("config: handover: stall_timeout and hysteresis must be positive")
 	}
 	return nil

@@ -7,6 +7,15 @@ import (
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
 
+// The Changed lists of the ConnectionChanged that kernel events publish,
+// shared by all of them (a Publisher only reads a notification): a new
+// literal for each was an allocation per event.
+var (
+	changedState           = []string{"State"}
+	changedSubflows        = []string{"Subflows"}
+	changedRemoteAddresses = []string{"RemoteAddresses"}
+)
+
 // handleEvent applies a kernel event to the state and publishes what
 // changed. For an event about a subflow or an address it publishes the
 // event's own notification (SubflowEvent, AddressAnnounced, AddressRemoved)
@@ -41,7 +50,7 @@ func (s *Service) handleEvent(ev pm.Event) {
 		switch {
 		case c != nil && !c.established:
 			c.established = true
-			s.publish(ConnectionChanged{Connection: c.snapshot(), Changed: []string{"State"}})
+			s.publish(ConnectionChanged{Connection: c.snapshot(), Changed: changedState})
 			s.reconcileConn(c)
 		case c != nil:
 		case s.conns.closed.contains(ev.Token):
@@ -108,6 +117,7 @@ func (s *Service) drop(c *conn) {
 		}
 	}
 	s.conns.remove(c)
+	s.rules.Delete(c.token)
 	s.publish(ConnectionRemoved{Connection: c.snapshot()})
 }
 
@@ -165,7 +175,7 @@ func (s *Service) subflow(c *conn, ev pm.Event) {
 	}
 	s.publish(n)
 	if changed {
-		s.publish(ConnectionChanged{Connection: c.snapshot(), Changed: []string{"Subflows"}})
+		s.publish(ConnectionChanged{Connection: c.snapshot(), Changed: changedSubflows})
 	}
 }
 
@@ -193,6 +203,6 @@ func (s *Service) remoteAddress(c *conn, ev pm.Event) {
 		s.publish(AddressRemoved{ConnectionID: c.id, RemoteID: ev.RemoteID})
 	}
 	if changed {
-		s.publish(ConnectionChanged{Connection: c.snapshot(), Changed: []string{"RemoteAddresses"}})
+		s.publish(ConnectionChanged{Connection: c.snapshot(), Changed: changedRemoteAddresses})
 	}
 }

@@ -206,12 +206,26 @@ func (s *Service) ProbeInterval() time.Duration { return time.Duration(s.probeEv
 // updateProbing sets ProbeInterval from the policy and the connections.
 func (s *Service) updateProbing() {
 	var every time.Duration
-	if s.pol.Name() == policy.NameHandover && s.acting() && len(s.conns.byToken) > 0 {
+	if s.handoverInUse() && s.acting() && len(s.conns.byToken) > 0 {
 		every = min(max(s.handover().StallTimeout/3, minProbe), maxProbe)
 	}
 	if int64(every) != s.probeEvery.Load() {
 		s.probeEvery.Store(int64(every))
 	}
+}
+
+// handoverInUse reports whether the handover policy decides for some
+// connections: the service's policy, or a rule's.
+func (s *Service) handoverInUse() bool {
+	if s.pol.Name() == policy.NameHandover {
+		return true
+	}
+	for _, r := range s.cfg.Rules {
+		if r.Policy == policy.NameHandover {
+			return true
+		}
+	}
+	return false
 }
 
 // handover returns the handover settings, zero values as the defaults.
@@ -232,7 +246,7 @@ func (s *Service) handover() HandoverConfig {
 // policy decides again on every connection it has.
 func (s *Service) ProbeSubflows(ctx context.Context, probes []SubflowProbe) error {
 	return do(ctx, s, "probe subflows", func() error {
-		if s.pol.Name() != policy.NameHandover {
+		if !s.handoverInUse() {
 			return nil
 		}
 		now := s.now()

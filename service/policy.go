@@ -228,10 +228,10 @@ func (s *Service) removeOwnedEndpoints() {
 	})
 }
 
-// fits reports whether the policy may act on connection c: it runs on the
-// path manager c was created under.
+// fits reports whether c's policy may act on it: it runs on the path
+// manager c was created under.
 func (s *Service) fits(c *conn) bool {
-	switch s.pol.PathManager() {
+	switch s.polOf(c).PathManager() {
 	case policy.PathManagerUserspace:
 		return c.userspace
 	case policy.PathManagerKernel:
@@ -242,10 +242,14 @@ func (s *Service) fits(c *conn) bool {
 
 // reconcileConn carries out the policy's actions on connection c.
 func (s *Service) reconcileConn(c *conn) {
-	if !s.acting() || !c.established || !s.fits(c) {
+	if !s.acting() || !c.established {
 		return
 	}
-	for _, a := range s.pol.Connection(s.view(), s.policyConn(c)) {
+	s.applyRules(c)
+	if !s.fits(c) {
+		return
+	}
+	for _, a := range s.polOf(c).Connection(s.view(), s.policyConn(c)) {
 		if s.conns.byToken[c.token] != c {
 			return // it closed (gone)
 		}

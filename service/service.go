@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,6 +55,9 @@ type Deps struct {
 	// Config.SetPathManager; nil = pm.SetPathManagerType.
 	SetPathManager func(string) error
 	Version        string // the daemon's version (Manager.Version)
+	// Owner tells the cgroup of a connection's socket, for the rules on
+	// units and cgroups; nil = such rules never match.
+	Owner Owner
 	// Preferences keeps the interface preferences set at run time across
 	// restarts; nil = they last until the daemon stops.
 	Preferences Preferences
@@ -130,6 +134,9 @@ type Service struct {
 	prefStore  Preferences
 	lastPrefs  map[string]string // InterfacePreferences as last published
 	probeEvery atomic.Int64      // ProbeInterval, in ns
+
+	owner Owner    // Deps.Owner
+	rules sync.Map // token -> ruleChoice, for RuleOf off the loop
 }
 
 // New returns a service with the configuration and dependencies. It does
@@ -157,6 +164,7 @@ func New(cfg Config, d Deps) *Service {
 		sysctl:      d.Sysctl,
 		nm:          d.NetworkManager,
 		prefStore:   d.Preferences,
+		owner:       d.Owner,
 		now:         time.Now,
 		backoff:     defaultBackoff,
 		pendingTO:   pendingTimeout,

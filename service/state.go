@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
+	"github.com/mptcp-pmd/mptcp-pmd/policy"
 )
 
 // conn is the service's state of one MPTCP connection.
@@ -37,6 +38,12 @@ type conn struct {
 	// health is what the probes say of the subflows, initial one
 	// included, by canonical tuple (handover policy only).
 	health map[tuple]health
+	// The policy a rule chose for the connection (rules.go), and the
+	// rule's name; nil and "" for the service's. ruled: the rules were
+	// applied.
+	pol   policy.Policy
+	rule  string
+	ruled bool
 }
 
 // setBackupLocal records this end's backup request for subflow t.

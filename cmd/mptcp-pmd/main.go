@@ -204,6 +204,7 @@ type pmd struct {
 	events  *pmnl.EventListener
 	diag    *diag.Client
 	stats   *diag.Client          // for the statistics methods, off the service's loop
+	cgroups cgroupNames           // cgroup ids to paths, for the statistics and the rules
 	pmType  *pm.PathManagerReader // net.mptcp.path_manager, kept open: read at every CREATED
 	mon     *netmon.Monitor
 	conn    *dbus.Conn
@@ -255,6 +256,7 @@ func (d *pmd) open(ctx context.Context) error {
 		Logger:      d.log,
 		PathManager: d.pmType.Read,
 		Version:     version,
+		Owner:       ownerOf(d.diag, &d.cgroups),
 	}
 	deps.NetworkManager = d.watchNM(ctx)
 	if rec := d.openRecord(); rec != nil {
@@ -267,7 +269,7 @@ func (d *pmd) open(ctx context.Context) error {
 		return fmt.Errorf("sock_diag: %w", err)
 	}
 	if d.srv, err = dbusapi.New(d.conn, d.svc, dbusapi.Options{Authorizer: d.auth, Logger: d.log,
-		Stats: &statsSource{dc: d.stats}, Counters: pm.Counters}); err != nil {
+		Stats: &statsSource{dc: d.stats, cgroups: &d.cgroups, rules: d.svc}, Counters: pm.Counters}); err != nil {
 		return err
 	}
 	pub.Publisher = d.srv

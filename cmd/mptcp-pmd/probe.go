@@ -67,10 +67,15 @@ func probeSubflows(ctx context.Context, svc *service.Service, log *slog.Logger) 
 	}
 }
 
-// startProber starts the prober once the policy is handover. It runs
+// startProber starts the prober once the policy, or a rule's, is
+// handover. It runs
 // until the daemon stops (idle while another policy is in force).
 func (d *pmd) startProber(ctx context.Context) {
-	if d.probing || d.cfg.Policy != service.PolicyHandover {
+	uses := d.cfg.Policy == service.PolicyHandover
+	for _, r := range d.cfg.Rules {
+		uses = uses || r.Policy == service.PolicyHandover
+	}
+	if d.probing || !uses {
 		return
 	}
 	d.probing = true

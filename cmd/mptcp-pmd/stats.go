@@ -14,13 +14,17 @@ import (
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi"
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 	"github.com/mptcp-pmd/mptcp-pmd/pm/diag"
+	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
 
 // statsSource reads connection statistics for the D-Bus API with a
 // sock_diag client of its own, off the service's loop.
 type statsSource struct {
 	dc      *diag.Client
-	cgroups cgroupNames
+	cgroups *cgroupNames
+	rules   interface {
+		RuleOf(token uint32) (rule, policy string)
+	} // which rule chose a connection's policy
 }
 
 var _ dbusapi.StatsSource = (*statsSource)(nil)
@@ -71,7 +75,10 @@ func (s *statsSource) Stats(tokens []uint32, owner bool) (map[uint32]dbusapi.Con
 				st.Cgroup = procCgroup(st.PID)
 			}
 		}
-		st.Unit = unitOf(st.Cgroup)
+		st.Unit = service.UnitOf(st.Cgroup)
+		if s.rules != nil {
+			st.Rule, st.Policy = s.rules.RuleOf(c.Token)
+		}
 		for _, sf := range c.Subflows {
 			if sf.State != diag.StateEstablished {
 				continue
@@ -159,18 +166,6 @@ func cgroup2Mount() string {
 	return ""
 }
 
-// unitOf returns the systemd unit or scope a cgroup path belongs to: its
-// deepest element that names one ("app-firefox-123.scope"), or "".
-func unitOf(cgroup string) string {
-	parts := strings.Split(cgroup, "/")
-	for i := len(parts) - 1; i >= 0; i-- {
-		if strings.HasSuffix(parts[i], ".service") || strings.HasSuffix(parts[i], ".scope") {
-			return parts[i]
-		}
-	}
-	return ""
-}
-
 // socketOwner returns the first process found holding the socket with the
 // inode, and its command name, or 0 and "".
 func socketOwner(inode uint64) (int, string) {
@@ -211,4 +206,26 @@ func procCgroup(pid int) string {
 		}
 	}
 	return ""
+}
+
+// ownerOf returns the cgroup path of the connection with the token, for
+// the rules (service.Owner): the kernel's cgroup id of its socket resolved
+// in the cgroup hierarchy, or where the hierarchy is not visible, the
+// cgroup of the process holding the socket.
+func ownerOf(dc *diag.Client, cgroups *cgroupNames) service.Owner {
+	return func(token uint32) (string, error) {
+		c, err := dc.ConnByToken(token)
+		if err != nil {
+			return "", err
+		}
+		if p := cgroups.path(c.CgroupID); p != "" {
+			return p, nil
+		}
+		if c.Inode != 0 {
+			if pid, _ := socketOwner(c.Inode); pid != 0 {
+				return procCgroup(pid), nil
+			}
+		}
+		return "", nil
+	}
 }

@@ -269,3 +269,90 @@ func TestCounterIncreased(t *testing.T) {
 		}
 	}
 }
+
+// TestRulesByPortAndCgroup: a rule by port and a rule by cgroup each give
+// the connections they match no extra subflow (policy none), while another
+// connection gets its subflow from the daemon's policy; the statistics
+// name the rule.
+func TestRulesByPortAndCgroup(t *testing.T) {
+	s := newSetup(t, pmtest.LabOptions{Paths: 2, ClientPM: "userspace"})
+	cli, srv := s.lab.Client, s.lab.Server
+	pmtest.RequireProgram(t, pythonPath)
+	root := cgroup2Mount()
+	if root == "" {
+		pmtest.Unavailable(t, "no cgroup v2 hierarchy is mounted")
+	}
+	cg := filepath.Join(root, fmt.Sprintf("mptcp-pmd-rules-%d", os.Getpid()))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		pmtest.Unavailable(t, "cannot make a cgroup: %v", err)
+	}
+	t.Cleanup(func() { os.Remove(cg) })
+	quiet := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
+	other := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
+	d := startDaemon(t, cli, s.bus, "--policy", "subflow-per-interface", configArg(t, fmt.Sprintf(`
+[[rules]]
+name = "quiet-port"
+port = %d
+policy = "none"
+
+[[rules]]
+name = "quiet-cgroup"
+cgroup = "/mptcp-pmd-rules-*"
+policy = "none"
+`, quiet.Port())))
+
+	byPort := dial(t, cli, cli.Addrs4[0], quiet)
+	plain := dial(t, cli, cli.Addrs4[0], other)
+	cmd := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec ip netns exec "$1" "$2" -c "$3" "$4" "$5" "$6" "$7"`,
+		cg, cli.Name, pythonPath, statsClient, cli.Addrs4[0].String(), other.Addr().String(), strconv.Itoa(int(other.Port())), "1000")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || strings.TrimSpace(line) != "connected" {
+		t.Fatalf("the client: %q, %v", line, err)
+	}
+	ports := map[uint16]string{
+		addrPort(t, byPort.LocalAddr()).Port(): "quiet-port",
+		addrPort(t, plain.LocalAddr()).Port():  "",
+	}
+	var objs map[dbus.ObjectPath]connObject
+	eventually(t, 5*time.Second, "the plain connection's subflow", func() bool {
+		objs = d.managedObjects(t)
+		for _, c := range objs {
+			if c.LocalPort == addrPort(t, plain.LocalAddr()).Port() {
+				return len(c.Subflows) == 1
+			}
+		}
+		return false
+	})
+	time.Sleep(500 * time.Millisecond) // the others had their chance
+	objs = d.managedObjects(t)
+	if len(objs) != 3 {
+		t.Fatalf("%d connection objects, want 3", len(objs))
+	}
+	for path, c := range objs {
+		want, known := ports[c.LocalPort]
+		if !known {
+			want = "quiet-cgroup" // the Python client's
+		}
+		if n := len(c.Subflows); (want == "") != (n == 1) {
+			t.Errorf("connection from port %d (rule %q): %d extra subflows", c.LocalPort, want, n)
+		}
+		var st map[string]dbus.Variant
+		if err := d.obj(path).Call(dbusapi.ConnectionInterface+".GetStatistics", 0).Store(&st); err != nil {
+			t.Fatal(err)
+		}
+		if st["rule"].Value() != want {
+			t.Errorf("connection from port %d: statistics say rule %v, want %q", c.LocalPort, st["rule"].Value(), want)
+		}
+	}
+}

@@ -135,6 +135,9 @@ func cmdConnectionShow(x *cmdCtx, args []string) error {
 		}
 		tw = table(x.out) // its own columns
 		fmt.Fprintf(tw, "Owner:\t%s\n", st.owner())
+		if st.Rule != "" {
+			fmt.Fprintf(tw, "Rule:\t%s (policy %s)\n", st.Rule, st.Policy)
+		}
 		fmt.Fprintf(tw, "Data:\tsent %s, received %s, acknowledged %s, retransmitted %s\n",
 			bytesStr(st.BytesSent), bytesStr(st.BytesReceived), bytesStr(st.BytesAcked), bytesStr(st.BytesRetrans))
 		fmt.Fprintf(tw, "Per subflow:\t%d\n", len(st.Subflows))

@@ -21,6 +21,8 @@ type connStats struct {
 	UID            uint32         `json:"uid"`
 	PID            uint32         `json:"pid,omitempty"`
 	Command        string         `json:"command,omitempty"`
+	Rule           string         `json:"rule"`
+	Policy         string         `json:"policy"`
 	Subflows       []subflowStats `json:"subflows"`
 }
 
@@ -54,7 +56,7 @@ func (c *client) statistics(path dbus.ObjectPath) (connStats, error) {
 		"bytes_retransmitted": &st.BytesRetrans, "retransmissions": &st.Retransmits,
 		"last_data_sent_ms": &st.LastDataSentMS, "last_data_recv_ms": &st.LastDataRecvMS,
 		"cgroup_id": &st.CgroupID, "cgroup": &st.Cgroup, "unit": &st.Unit, "uid": &st.UID,
-		"pid": &st.PID, "command": &st.Command,
+		"pid": &st.PID, "command": &st.Command, "rule": &st.Rule, "policy": &st.Policy,
 	})
 	if err != nil {
 		return st, err

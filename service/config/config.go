@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path"
 	"reflect"
@@ -48,6 +49,7 @@ type fileConfig struct {
 	Endpoints      fileEndpoints                `toml:"endpoints"`
 	Interfaces     map[string]fileInterfaceConf `toml:"interfaces"`
 	Handover       fileHandover                 `toml:"handover"`
+	Rules          []fileRule                   `toml:"rules"`
 
 	Authorization fileAuthorization `toml:"authorization"`
 }
@@ -108,6 +110,77 @@ type fileEndpoints struct {
 type fileInterfaceConf struct {
 	Flags      *flagWords     `toml:"flags"`
 	Preference preferenceWord `toml:"preference"`
+}
+
+type fileRule struct {
+	Name        string      `toml:"name"`
+	Port        portNumber  `toml:"port"`
+	Destination prefixValue `toml:"destination"`
+	Unit        pattern     `toml:"unit"`
+	Cgroup      pattern     `toml:"cgroup"`
+	Policy      rulePolicy  `toml:"policy"`
+}
+
+// portNumber is a TCP port, 1 to 65535.
+type portNumber uint16
+
+func (p *portNumber) UnmarshalTOML(v any) error {
+	n, ok := v.(int64)
+	if !ok || n < 1 || n > 65535 {
+		return fmt.Errorf("port must be a number from 1 to 65535, not %v", v)
+	}
+	*p = portNumber(n)
+	return nil
+}
+
+// prefixValue is an address prefix ("10.0.0.0/8") or an address.
+type prefixValue netip.Prefix
+
+func (p *prefixValue) UnmarshalTOML(v any) error {
+	s, ok := v.(string)
+	if !ok {
+		return fmt.Errorf("destination must be a string, not %T", v)
+	}
+	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+		*p = prefixValue(netip.PrefixFrom(a, a.BitLen()))
+		return nil
+	}
+	x, err := netip.ParsePrefix(s)
+	if err != nil {
+		return fmt.Errorf("destination %q is neither an address nor a prefix", s)
+	}
+	*p = prefixValue(x.Masked())
+	return nil
+}
+
+// pattern is a shell pattern (path.Match).
+type pattern string
+
+func (p *pattern) UnmarshalTOML(v any) error {
+	s, ok := v.(string)
+	if !ok {
+		return fmt.Errorf("want a pattern string, not %T", v)
+	}
+	if _, err := path.Match(s, ""); err != nil || s == "" {
+		return fmt.Errorf("bad pattern %q", s)
+	}
+	*p = pattern(s)
+	return nil
+}
+
+// rulePolicy is a rule's policy: a userspace policy or none.
+type rulePolicy string
+
+func (p *rulePolicy) UnmarshalTOML(v any) error {
+	s, ok := v.(string)
+	if !ok {
+		return fmt.Errorf("policy must be a string, not %T", v)
+	}
+	if err := (service.Rule{Name: "x", Policy: s}).Validate(); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), "rule x: "))
+	}
+	*p = rulePolicy(s)
+	return nil
 }
 
 type fileHandover struct {
@@ -323,6 +396,16 @@ func parse(name, data string) (service.Config, error) {
 		}
 		cfg.Interfaces[ifname] = c
 	}
+	for i, r := range fc.Rules {
+		if r.Name == "" || r.Policy == "" {
+			return service.Config{}, fmt.Errorf("%s:%d: rules: rule %d needs a name and a policy", name, keyLine(data, toml.Key{"rules"}), i+1)
+		}
+		if slices.ContainsFunc(fc.Rules[:i], func(o fileRule) bool { return o.Name == r.Name }) {
+			return service.Config{}, fmt.Errorf("%s:%d: rules: two rules are named %q", name, keyLine(data, toml.Key{"rules"}), r.Name)
+		}
+		cfg.Rules = append(cfg.Rules, service.Rule{Name: r.Name, Port: uint16(r.Port), Destination: netip.Prefix(r.Destination),
+			Unit: string(r.Unit), Cgroup: string(r.Cgroup), Policy: string(r.Policy)})
+	}
 	cfg.Handover = def.Handover
 	cfg.Handover.Cold = fc.Handover.Standby == "cold"
 	if d := fc.Handover.StallTimeout; d != nil {
@@ -375,18 +458,25 @@ func unknownKeys(name, data string, keys []toml.Key) error {
 // data into a struct, built for the purpose, that has only key's path and
 // fails at its end.
 func keyLine(data string, key toml.Key) int {
-	t := reflect.TypeFor[failing]()
-	for i := len(key) - 1; i >= 0; i-- {
-		t = reflect.StructOf([]reflect.StructField{{
-			Name: "F",
-			Type: t,
-			Tag:  reflect.StructTag("toml:" + strconv.Quote(key[i])),
-		}})
-	}
-	_, err := toml.Decode(data, reflect.New(t).Interface())
-	var pe toml.ParseError
-	if errors.As(err, &pe) {
-		return pe.Position.Line
+	// A table on the way may be an array of tables ([[rules]]): try each
+	// way (bit i of arrays: key[i] is an array).
+	for arrays := 0; arrays < 1<<max(len(key)-1, 0); arrays++ {
+		t := reflect.TypeFor[failing]()
+		for i := len(key) - 1; i >= 0; i-- {
+			if i < len(key)-1 && arrays&(1<<i) != 0 {
+				t = reflect.SliceOf(t)
+			}
+			t = reflect.StructOf([]reflect.StructField{{
+				Name: "F",
+				Type: t,
+				Tag:  reflect.StructTag("toml:" + strconv.Quote(key[i])),
+			}})
+		}
+		_, err := toml.Decode(data, reflect.New(t).Interface())
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return pe.Position.Line
+		}
 	}
 	return 0
 }

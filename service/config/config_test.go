@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -147,5 +148,54 @@ func TestLoadMissingFile(t *testing.T) {
 	_, err := Load(filepath.Join(t.TempDir(), "none.toml"))
 	if !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("error %v, want a not-exist error", err)
+	}
+}
+
+func TestLoadRules(t *testing.T) {
+	cfg, err := Load(writeConfig(t, `
+policy = "subflow-per-interface"
+
+[[rules]]
+name = "ssh"
+port = 22
+policy = "none"
+
+[[rules]]
+name = "backups"
+unit = "backup*.service"
+destination = "10.9.0.0/16"
+policy = "fullmesh"
+
+[[rules]]
+name = "one-host"
+destination = "fd00::7"
+cgroup = "/user.slice/*"
+policy = "handover"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []service.Rule{
+		{Name: "ssh", Port: 22, Policy: "none"},
+		{Name: "backups", Unit: "backup*.service", Destination: netip.MustParsePrefix("10.9.0.0/16"), Policy: "fullmesh"},
+		{Name: "one-host", Destination: netip.MustParsePrefix("fd00::7/128"), Cgroup: "/user.slice/*", Policy: "handover"},
+	}
+	if !reflect.DeepEqual(cfg.Rules, want) {
+		t.Errorf("rules %+v\nwant %+v", cfg.Rules, want)
+	}
+	for _, tc := range []struct{ text, want string }{
+		{"[[rules]]\nname = \"a\"\nport = 70000\npolicy = \"none\"\n", `3: rules.port: port must be a number from 1 to 65535`},
+		{"[[rules]]\nname = \"a\"\npolicy = \"endpoints\"\n", `3: rules.policy: policy endpoints works for all connections at once`},
+		{"[[rules]]\nname = \"a\"\ndestination = \"10.0.0.0/33\"\npolicy = \"none\"\n", `3: rules.destination: destination "10.0.0.0/33" is neither`},
+		{"[[rules]]\nname = \"a\"\nunit = \"x[\"\npolicy = \"none\"\n", `3: rules.unit: bad pattern "x["`},
+		{"\n[[rules]]\nport = 22\n", `2: rules: rule 1 needs a name and a policy`},
+		{"[[rules]]\nname = \"a\"\npolicy = \"none\"\n[[rules]]\nname = \"a\"\npolicy = \"none\"\n", `4: rules: two rules are named "a"`},
+		{"[[rules]]\nname = \"a\"\npolicy = \"none\"\nprogram = \"x\"\n", `4: unknown key rules.program`},
+	} {
+		p := writeConfig(t, tc.text)
+		_, err := Load(p)
+		if err == nil || !strings.HasPrefix(err.Error(), p+":"+tc.want) {
+			t.Errorf("%q: %v\nwant it to start with %s:%s", tc.text, err, p, tc.want)
+		}
 	}
 }
