@@ -27,9 +27,10 @@ func init() { Register(NameHandover, func() Policy { return handover{} }) }
 //   - While a cheap path works: every cheap interface gets a subflow
 //     (non-backup); with a warm standby every expensive or backup
 //     interface gets a backup subflow, with a cold one none. Once a cheap
-//     path has settled, a cheap subflow that is backup is promoted, and a
-//     standby subflow that is not backup is demoted (warm, or the initial
-//     one) or destroyed (cold).
+//     path has settled, a cheap subflow that is backup is promoted; once a
+//     settled cheap subflow is not backup (the next decision), a standby
+//     subflow that is not backup is demoted (warm, or the initial one) or
+//     destroyed (cold): the traffic never lacks a non-backup subflow.
 //   - While none works: the standby subflows are promoted (MP_PRIO) and
 //     standby interfaces without one get a non-backup subflow; cheap
 //     interfaces without a subflow get a backup one, which probes for the
@@ -68,7 +69,10 @@ func (handover) Connection(v View, c Connection) []Action {
 		return !s.Stalled && !s.HealthySince.IsZero() && v.Now.Sub(s.HealthySince) >= v.Handover.Hysteresis
 	}
 	var paths []livePath
-	working, stable, anyHealthy := false, false, false
+	// stableActive: a settled cheap subflow that is not backup carries
+	// traffic; only then are the standbys demoted, so that the stream is
+	// never without a non-backup subflow while it moves back.
+	working, stable, stableActive, anyHealthy := false, false, false, false
 	for _, s := range c.Subflows {
 		a, ok := lookup(addrs, s.Local.Addr())
 		if s.Pending || !ok {
@@ -81,6 +85,7 @@ func (handover) Connection(v View, c Connection) []Action {
 			if a.Preference == PreferCheap {
 				working = true
 				stable = stable || settled(s)
+				stableActive = stableActive || settled(s) && !s.Backup
 			}
 		}
 	}
@@ -109,10 +114,10 @@ func (handover) Connection(v View, c Connection) []Action {
 			out = append(out, flagAction(&c, p, false, p.a.Interface+" has worked for the hysteresis time"))
 		case standby && p.s.Backup && !working:
 			out = append(out, flagAction(&c, p, false, "no cheap path works"))
-		case standby && stable && v.Handover.Cold && !p.initial:
+		case standby && stableActive && v.Handover.Cold && !p.initial:
 			out = append(out, destroyAction(&c, p, "a cheap path works again (cold standby)"))
 			gone[p.s.Local] = true
-		case standby && stable && !p.s.Backup:
+		case standby && stableActive && !p.s.Backup:
 			out = append(out, flagAction(&c, p, true, "a cheap path works again"))
 		}
 	}

@@ -76,10 +76,16 @@ func TestHandover(t *testing.T) {
 			hoConn(hsf(hoWLAN, 40000, true, false, now.Add(-time.Second)), hsf(hoWWAN, 41000, false, false, long)), nil},
 		{"back for the hysteresis: traffic moves back", hoView(now, false, hoWLAN, hoWWAN),
 			hoConn(hsf(hoWLAN, 40000, true, false, now.Add(-3*time.Second)), hsf(hoWWAN, 41000, false, false, long)),
-			[]string{"set-subflow-backup wlan0 false", "set-subflow-backup wwan0 true"}},
-		{"cold, back for the hysteresis: the standby is closed", hoView(now, true, hoWLAN, hoWWAN),
+			[]string{"set-subflow-backup wlan0 false"}},
+		{"then the standby is demoted", hoView(now, false, hoWLAN, hoWWAN),
+			hoConn(hsf(hoWLAN, 40000, false, false, now.Add(-3*time.Second)), hsf(hoWWAN, 41000, false, false, long)),
+			[]string{"set-subflow-backup wwan0 true"}},
+		{"cold, back for the hysteresis: promoted first", hoView(now, true, hoWLAN, hoWWAN),
 			hoConn(hsf(hoWLAN, 40000, true, false, now.Add(-3*time.Second)), hsf(hoWWAN, 41000, false, false, long)),
-			[]string{"set-subflow-backup wlan0 false", "destroy-subflow wwan0 false"}},
+			[]string{"set-subflow-backup wlan0 false"}},
+		{"cold, then the standby is closed", hoView(now, true, hoWLAN, hoWWAN),
+			hoConn(hsf(hoWLAN, 40000, false, false, now.Add(-3*time.Second)), hsf(hoWWAN, 41000, false, false, long)),
+			[]string{"destroy-subflow wwan0 false"}},
 		{"started on the expensive path: a cheap one is made, then it takes over", hoView(now, true, hoWLAN, hoWWAN),
 			Connection{Token: 7, Established: true, Local: netip.AddrPortFrom(hoWWAN.Addr, 40000), Remote: hoPeer, Subflows: []Subflow{
 				hsf(hoWWAN, 40000, false, false, long)}},
@@ -158,9 +164,9 @@ func TestHandoverFlapping(t *testing.T) {
 			}
 			// Up for good from 9 s: back 3 s later.
 			want := []string{"0s set-subflow-backup wlan0 true", "0s set-subflow-backup wwan0 false"}
-			back := []string{"12s set-subflow-backup wlan0 false", "12s set-subflow-backup wwan0 true"}
+			back := []string{"12s set-subflow-backup wlan0 false", "12.1s set-subflow-backup wwan0 true"}
 			if cold {
-				back = []string{"12s set-subflow-backup wlan0 false", "12s destroy-subflow wwan0 false"}
+				back = []string{"12s set-subflow-backup wlan0 false", "12.1s destroy-subflow wwan0 false"}
 			}
 			if want = append(want, back...); !slices.Equal(moves, want) {
 				t.Errorf("moves:\n  %q\nwant\n  %q", moves, want)

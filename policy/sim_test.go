@@ -429,7 +429,16 @@ func TestConverges(t *testing.T) {
 				if after := w.extra(); after > max(before, int(w.v.SubflowLimit)) {
 					t.Fatalf("world %d: %d extra subflows, limit %d (%d before)", i, after, w.v.SubflowLimit, before)
 				}
-				if more := slices.Concat(p.Endpoints(w.v), p.Connection(w.v, w.c)); len(more) > 0 {
+				more := slices.Concat(p.Endpoints(w.v), p.Connection(w.v, w.c))
+				if name == NameHandover && len(more) > 0 && !slices.ContainsFunc(more, func(a Action) bool {
+					return a.Kind != SetSubflowBackup && a.Kind != DestroySubflow
+				}) {
+					// Moving back, the standby is demoted or closed one
+					// decision after the cheap subflow is promoted.
+					w.apply(t, more)
+					more = slices.Concat(p.Endpoints(w.v), p.Connection(w.v, w.c))
+				}
+				if len(more) > 0 {
 					t.Fatalf("world %d: not converged after %v:\nview %+v\nconn %+v\nwants %v", i, acts, w.v, w.c, more)
 				}
 				// A pending subflow from an address that is not usable can

@@ -92,7 +92,7 @@ func DefaultConfig() Config {
 		Filter:         policy.DefaultFilter(),
 		EndpointFlags:  pm.FlagSubflow,
 		RemoveOnExit:   true,
-		Handover:       HandoverConfig{StallTimeout: 500 * time.Millisecond, Hysteresis: 5 * time.Second},
+		Handover:       HandoverConfig{StallTimeout: 200 * time.Millisecond, Hysteresis: 5 * time.Second},
 		NetworkManager: NetworkManagerAuto,
 	}
 }

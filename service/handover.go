@@ -179,6 +179,10 @@ func (s *Service) SetInterfacePreference(ctx context.Context, c Caller, name, pr
 type health struct {
 	stalled bool
 	since   time.Time // healthy without a break since; zero while stalled
+	// outstanding is when the probes first saw data outstanding without a
+	// break since (zero: none): after an idle time the last
+	// acknowledgement is old, but the data just sent has not waited.
+	outstanding time.Time
 }
 
 // SubflowProbe is one subflow's TCP state, as the daemon's prober reads it
@@ -241,8 +245,9 @@ func (s *Service) handover() HandoverConfig {
 }
 
 // ProbeSubflows applies the TCP state of the subflows the prober read:
-// a subflow with data outstanding and nothing acknowledged for the stall
-// timeout (or three round trips, if longer) is stalled. The handover
+// a subflow with data outstanding for the stall timeout (or three round
+// trips, if longer), as the probes saw it, and nothing acknowledged
+// meanwhile is stalled. The handover
 // policy decides again on every connection it has.
 func (s *Service) ProbeSubflows(ctx context.Context, probes []SubflowProbe) error {
 	return do(ctx, s, "probe subflows", func() error {
@@ -258,17 +263,24 @@ func (s *Service) ProbeSubflows(ctx context.Context, probes []SubflowProbe) erro
 				continue
 			}
 			t := tuple{pm.CanonicalAddrPort(p.Local), pm.CanonicalAddrPort(p.Remote)}
-			stalled := p.Unacked > 0 && p.LastAckRecv >= max(stall, 3*p.RTT)
 			h, known := c.health[t]
+			switch {
+			case p.Unacked == 0:
+				h.outstanding = time.Time{}
+			case h.outstanding.IsZero():
+				h.outstanding = now
+			}
+			waited := min(p.LastAckRecv, now.Sub(h.outstanding))
+			stalled := p.Unacked > 0 && waited >= max(stall, 3*p.RTT)
 			switch {
 			case stalled && !h.stalled:
 				if known || c.health != nil {
 					s.log.Info("handover: no progress on a subflow", "token", logToken(c.token), "local", t.local,
 						"remote", t.remote, "unacked", p.Unacked, "last_ack", p.LastAckRecv.Round(time.Millisecond))
 				}
-				h = health{stalled: true}
+				h = health{stalled: true, outstanding: h.outstanding}
 			case !stalled && (h.stalled || !known):
-				h = health{since: now}
+				h = health{since: now, outstanding: h.outstanding}
 			}
 			if c.health == nil {
 				c.health = make(map[tuple]health)

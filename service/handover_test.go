@@ -98,9 +98,17 @@ func TestHandoverService(t *testing.T) {
 		t.Errorf("actions while every path works: %q", got)
 	}
 
-	// Both cheap paths stall: the initial subflow is made backup, the other
-	// closed (and probed again as backup), the standby promoted.
+	// Data outstanding with the last acknowledgement long ago, as after an
+	// idle time: not a stall yet, the data has just been sent.
 	mark = h.mark()
+	probe(true, true)
+	if got := h.calls(mark, "SetSubflowFlags", "DestroySubflow"); len(got) != 0 {
+		t.Errorf("a stall seen at the first probe of outstanding data: %q", got)
+	}
+	// Still nothing acknowledged 300 ms later: both cheap paths stall. The
+	// initial subflow is made backup, the other closed (and probed again as
+	// backup), the standby promoted.
+	clock.Add(300 * time.Millisecond)
 	probe(true, true)
 	got := h.calls(mark, "SetSubflowFlags", "DestroySubflow", "CreateSubflow")
 	want := []string{
@@ -123,6 +131,7 @@ func TestHandoverService(t *testing.T) {
 	}
 	clock.Add(1100 * time.Millisecond)
 	probe(false, false)
+	probe(false, false) // the standby is demoted at the decision after the promotion
 	sameStrings(t, "back after the hysteresis", h.calls(mark, "SetSubflowFlags"), []string{
 		"SetSubflowFlags 1 10.55.0.1:40000 10.55.0.2:8080 ",
 		"SetSubflowFlags 1 10.55.1.1:" + itoa(c1Port) + " 10.55.0.2:8080 backup",

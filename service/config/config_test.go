@@ -79,7 +79,7 @@ flags = ["subflow", "backup"]
 		EndpointFlags:  pm.FlagSubflow | pm.FlagSignal,
 		SetPathManager: true,
 		NetworkManager: service.NetworkManagerIgnore,
-		Handover:       service.HandoverConfig{StallTimeout: 500 * time.Millisecond, Hysteresis: 5 * time.Second},
+		Handover:       service.HandoverConfig{StallTimeout: 200 * time.Millisecond, Hysteresis: 5 * time.Second},
 		Interfaces: map[string]service.InterfaceConfig{
 			"wwan0": {Flags: pm.FlagSubflow | pm.FlagBackup},
 			"eth1":  {Flags: pm.FlagSubflow | pm.FlagSignal, FlagsDefault: true}, // the [endpoints] flags
