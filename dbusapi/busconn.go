@@ -94,6 +94,14 @@ type wireConn struct {
 	rawReplies atomic.Bool // a server on this connection writes them
 	mu         sync.Mutex
 	owed       map[replyKey]time.Time
+
+	// write's state, so that a write allocates nothing (a closure given
+	// to RawConn.Write escapes): the bytes left and the error of the
+	// callback bound once.
+	wmu     sync.Mutex
+	wpend   []byte
+	werrno  syscall.Errno
+	writeFn func(fd uintptr) bool
 }
 
 // replyKey identifies a call: its sender and serial.
@@ -157,13 +165,41 @@ func (w *wireConn) takeOwed(sender string, serial uint32) bool {
 	return ok
 }
 
-// write writes whole messages (writeStream).
+// write writes whole messages, as writeStream does with one piece; the
+// emitter calls it for every batch of signals, and it allocates nothing.
 func (w *wireConn) write(b []byte) error {
-	return w.writeStream(func() []byte {
-		p := b
-		b = nil
-		return p
-	})
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	if w.writeFn == nil {
+		w.writeFn = w.sendPending
+	}
+	w.wpend, w.werrno = b, 0
+	err := w.raw.Write(w.writeFn)
+	w.wpend = nil
+	if err == nil && w.werrno != 0 {
+		err = os.NewSyscallError("sendto", w.werrno)
+	}
+	return err
+}
+
+// sendPending is write's callback of RawConn.Write: it sends w.wpend
+// without blocking, and returns false to wait when the socket is full.
+func (w *wireConn) sendPending(fd uintptr) bool {
+	for len(w.wpend) > 0 {
+		n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&w.wpend[0])), uintptr(len(w.wpend)),
+			syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL, 0, 0)
+		switch e {
+		case 0:
+			w.wpend = w.wpend[n:]
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			w.werrno = e
+			return true
+		}
+	}
+	return true
 }
 
 // writeStream writes the pieces next returns, in order, until it returns

@@ -26,17 +26,21 @@ const DefaultSignalQueue = 4096
 // Removed, the Connection signals, Release calls) beyond the bound are
 // dropped and counted; the mirror, which Get, GetAll and GetManagedObjects
 // read, stays right, so a client that re-reads is right again.
+//
+// The queue holds its entries by value and PropertiesChanged merge through
+// their index in it: queueing a signal allocates nothing but what the
+// caller made (its arguments), which matters at 7 signals a connection.
 type emitter struct {
 	conn    *dbus.Conn
 	wire    *wireConn   // nil: every signal goes through godbus
 	buf     []byte      // run's: signals encoded, not yet written
-	pending []*outgoing // run's: the signals in buf
+	pending []*outgoing // run's: the signals in buf (entries of its batch)
 	log     *slog.Logger
 	max     int
 
 	mu      sync.Mutex
-	queue   []*outgoing                             // in the order they were queued
-	waiting map[propKey]*outgoing                   // queued PropertiesChanged by object and interface
+	queue   []outgoing                              // in the order they were queued
+	waiting map[propKey]int                         // queued PropertiesChanged by object and interface: their index in queue
 	events  int                                     // queued entries that are not PropertiesChanged
 	wake    chan struct{}                           // capacity 1: the queue is not empty
 	done    chan struct{}                           // closed by stop
@@ -74,7 +78,7 @@ func newEmitter(conn *dbus.Conn, log *slog.Logger, max int) *emitter {
 		wire:    wireOf(conn),
 		log:     log,
 		max:     max,
-		waiting: make(map[propKey]*outgoing),
+		waiting: make(map[propKey]int),
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		stopped: make(chan struct{}),
@@ -85,38 +89,40 @@ func newEmitter(conn *dbus.Conn, log *slog.Logger, max int) *emitter {
 
 // signal queues a signal; it never blocks.
 func (e *emitter) signal(path dbus.ObjectPath, name string, args ...any) {
-	e.push(&outgoing{path: path, name: name, args: args})
+	e.push(outgoing{path: path, name: name, args: args})
 }
 
 // call queues a call (a method call without reply) to make in order with
 // the signals; it never blocks.
-func (e *emitter) call(fn func()) { e.push(&outgoing{call: fn}) }
+func (e *emitter) call(fn func()) { e.push(outgoing{call: fn}) }
 
 // changed queues a PropertiesChanged, merged into one that still waits for
-// the same object and interface.
+// the same object and interface. It takes props: the caller makes a new
+// map for each call and does not touch it afterwards (a merge writes into
+// the map that waits).
 func (e *emitter) changed(path dbus.ObjectPath, iface string, props map[string]dbus.Variant) {
 	if len(props) == 0 {
 		return
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if w := e.waiting[propKey{path, iface}]; w != nil {
+	if i, ok := e.waiting[propKey{path, iface}]; ok {
+		w := e.queue[i].changed
 		for k, v := range props {
-			w.changed[k] = v
+			w[k] = v
 		}
 		return
 	}
-	o := &outgoing{path: path, name: propertiesInterface + ".PropertiesChanged", iface: iface, changed: make(map[string]dbus.Variant, len(props))}
-	for k, v := range props {
-		o.changed[k] = v
-	}
-	e.waiting[propKey{path, iface}] = o
-	e.queue = append(e.queue, o)
+	e.waiting[propKey{path, iface}] = len(e.queue)
+	e.queue = append(e.queue, outgoing{path: path, name: propertiesChanged, iface: iface, changed: props})
 	e.unsent.Add(1)
 	e.kick()
 }
 
-func (e *emitter) push(o *outgoing) {
+// propertiesChanged is the PropertiesChanged signal's full name.
+const propertiesChanged = propertiesInterface + ".PropertiesChanged"
+
+func (e *emitter) push(o outgoing) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.events >= e.max {
@@ -146,7 +152,7 @@ func (e *emitter) kick() {
 // run sends what is queued, in order, until stop.
 func (e *emitter) run() {
 	defer close(e.stopped)
-	var batch []*outgoing
+	var batch []outgoing
 	for {
 		select {
 		case <-e.done:
@@ -161,23 +167,58 @@ func (e *emitter) run() {
 		// What waited is being sent: later changes queue anew. Maps keep
 		// their size after a clear: after a burst, a new one.
 		if len(e.waiting) > shrinkAbove {
-			e.waiting = make(map[propKey]*outgoing)
+			e.waiting = make(map[propKey]int)
 		} else {
 			clear(e.waiting)
 		}
 		e.events = 0
 		e.mu.Unlock()
-		for i, o := range batch {
+		for i := range batch {
 			select {
 			case <-e.done:
 				return
 			default:
 			}
-			e.send(o)
-			batch[i] = nil
+			e.send(&batch[i])
 		}
-		e.write()
+		e.write()    // before the batch's entries are cleared: pending points into it
+		clear(batch) // what the signals held is garbage now
+		if e.idle() {
+			// A burst, if any, is over: its buffers are not kept.
+			if cap(batch) > keepIdle {
+				batch = nil
+			}
+			if cap(e.pending) > keepIdle {
+				e.pending = nil
+			}
+			if cap(e.buf) > keepIdleBytes {
+				e.buf = nil
+			}
+		}
 	}
+}
+
+// keepIdle and keepIdleBytes bound the queue's slices (entries) and the
+// write buffer (bytes) the emitter keeps while nothing waits: a burst of
+// signals grows them to thousands of entries and a write batch, which
+// would otherwise stay on the heap, and resident, after the burst.
+const (
+	keepIdle      = 64
+	keepIdleBytes = 16 << 10
+)
+
+// idle reports whether nothing waits to be sent, and then drops a large
+// empty queue.
+func (e *emitter) idle() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.queue) != 0 {
+		return false
+	}
+	if cap(e.queue) > keepIdle {
+		e.queue = nil
+	}
+	return true
 }
 
 // shrinkAbove is the number of entries above which run drops the queue's
@@ -199,15 +240,15 @@ func (e *emitter) send(o *outgoing) {
 		e.unsent.Add(-1)
 		return
 	}
-	args := o.args
-	if o.changed != nil {
-		args = []any{o.iface, o.changed, []string{}}
-	}
 	if e.wire != nil {
 		iface, member := splitName(o.name)
+		h := header{typ: dbus.TypeSignal, serial: e.wire.serials.GetSerial(), path: o.path, iface: iface, member: member}
 		var err error
-		e.buf, err = appendMessage(e.buf, header{typ: dbus.TypeSignal, serial: e.wire.serials.GetSerial(),
-			path: o.path, iface: iface, member: member}, args...)
+		if o.changed != nil {
+			e.buf, err = appendPropertiesChanged(e.buf, h, o.iface, o.changed)
+		} else {
+			e.buf, err = appendMessage(e.buf, h, o.args...)
+		}
 		if err == nil {
 			e.pending = append(e.pending, o)
 			if len(e.buf) >= writeBatch {
@@ -221,6 +262,10 @@ func (e *emitter) send(o *outgoing) {
 			return
 		}
 		e.write() // in order
+	}
+	args := o.args
+	if o.changed != nil {
+		args = []any{o.iface, o.changed, []string{}}
 	}
 	e.busy.Store(time.Now().UnixNano())
 	if err := e.conn.Emit(o.path, o.name, toGodbus(args)...); err != nil {

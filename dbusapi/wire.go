@@ -92,6 +92,31 @@ func appendMessage(b []byte, h header, args ...any) ([]byte, error) {
 	return e.b, nil
 }
 
+// propertiesChangedSignature is the signature of a PropertiesChanged
+// signal: the interface, the changed properties, the invalidated ones.
+var propertiesChangedSignature = []byte("sa{sv}as")
+
+// appendPropertiesChanged appends the PropertiesChanged signal with header
+// h of interface iface's changed properties, none invalidated, to b; it
+// is appendMessage(b, h, iface, changed, []string{}) without the
+// arguments' slice and their boxing. On error b is returned as it was.
+func appendPropertiesChanged(b []byte, h header, iface string, changed map[string]dbus.Variant) ([]byte, error) {
+	e := encoder{b: b, base: len(b)}
+	e.header(h, propertiesChangedSignature)
+	body := len(e.b)
+	e.str(iface)
+	e.props(changed)
+	e.u32(0) // as: an empty array, its elements 4-aligned, with no padding
+	if e.err == nil && len(e.b)-e.base > maxMessageBytes {
+		e.err = fmt.Errorf("dbusapi: wire: a message of %d bytes", len(e.b)-e.base)
+	}
+	if e.err != nil {
+		return b[:e.base], e.err
+	}
+	binary.LittleEndian.PutUint32(e.b[e.base+4:], uint32(len(e.b)-body))
+	return e.b, nil
+}
+
 // header appends a message's header with signature sig and a body
 // length of 0, which the caller sets (setBodyLength), and the padding to
 // the body.
@@ -189,11 +214,35 @@ func (e *encoder) str(s string) {
 }
 
 func (e *encoder) path(p dbus.ObjectPath) {
-	if !p.IsValid() {
+	if !validPath(string(p)) {
 		e.fail(fmt.Errorf("dbusapi: wire: invalid object path %q", p))
 		return
 	}
 	e.str(string(p))
+}
+
+// validPath reports whether p is a valid object path ("/", or elements
+// of [A-Za-z0-9_] each after a '/'); it is dbus.ObjectPath.IsValid, which
+// allocates (it splits the path), for every signal's header.
+func validPath(p string) bool {
+	if p == "/" {
+		return true
+	}
+	if len(p) < 2 || p[0] != '/' || p[len(p)-1] == '/' {
+		return false
+	}
+	for i := 1; i < len(p); i++ {
+		switch c := p[i]; {
+		case c == '/':
+			if p[i-1] == '/' {
+				return false // an empty element
+			}
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '_':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // sig appends a signature the encoder made (sigOf): no check needed.

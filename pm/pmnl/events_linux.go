@@ -23,10 +23,18 @@ const (
 	// eventSocketBuffer is the receive buffer asked for the event socket:
 	// room for thousands of queued events (the kernel doubles it).
 	eventSocketBuffer = 4 << 20
-	// eventDatagramBuffer holds one received datagram. The kernel sends one
-	// event of at most a few hundred bytes per datagram.
+	// eventDatagramBuffer holds the datagrams of one receive: eventBatch
+	// of eventSlot bytes. The kernel sends one event of at most a few
+	// hundred bytes per datagram.
 	eventDatagramBuffer = 32 << 10
-	genlHeaderLen       = 4 // struct genlmsghdr: cmd, version, reserved
+	// eventBatch is how many datagrams one receive (recvmmsg) reads at
+	// most: the events of a connection come in bursts (CREATED with
+	// ESTABLISHED, the subflows together), and reading them one
+	// recvfrom each cost a system call per event more, the one that
+	// finds the socket empty included.
+	eventBatch    = 8
+	eventSlot     = eventDatagramBuffer / eventBatch
+	genlHeaderLen = 4 // struct genlmsghdr: cmd, version, reserved
 )
 
 // EventListener is a socket joined to the mptcp_pm_events group; it only
@@ -37,13 +45,14 @@ type EventListener struct {
 	family uint16 // the mptcp_pm family id
 	closed atomic.Bool
 
-	mu      sync.Mutex // serialises Receive; guards the fields below
-	buf     []byte     // one datagram
-	from    unix.RawSockaddrNetlink
-	fromLen uint32
-	n       int           // result of the last recvfrom
-	errno   syscall.Errno // likewise
-	readFn  func(fd uintptr) bool
+	mu     sync.Mutex // serialises Receive; guards the fields below
+	buf    []byte     // eventBatch slots of eventSlot bytes, a datagram each
+	hdrs   [eventBatch]unix.Mmsghdr
+	iovs   [eventBatch]unix.Iovec
+	froms  [eventBatch]unix.RawSockaddrNetlink
+	n      int           // datagrams the last recvmmsg read
+	errno  syscall.Errno // its error
+	readFn func(fd uintptr) bool
 }
 
 // ListenEvents opens a netlink socket in the network namespace of cfg
@@ -109,25 +118,38 @@ func newEventListener(c *genetlink.Conn) (*EventListener, error) {
 		family: f.ID,
 		buf:    make([]byte, eventDatagramBuffer),
 	}
-	l.readFn = l.recvfrom // bound once: Receive then allocates nothing
+	for i := range eventBatch {
+		l.iovs[i].Base = &l.buf[i*eventSlot]
+		l.iovs[i].SetLen(eventSlot)
+		h := &l.hdrs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&l.froms[i]))
+		h.Iov = &l.iovs[i]
+		h.SetIovlen(1)
+	}
+	l.readFn = l.recvmmsg // bound once: Receive then allocates nothing
 	return l, nil
 }
 
-// recvfrom reads one datagram into l.buf without blocking; it is the
-// callback of syscall.RawConn.Read, which waits for the socket to become
-// readable whenever it returns false. It uses the raw system call because
-// unix.Recvfrom allocates a Sockaddr on every call, and RawSyscall6
-// because the call never blocks (the socket is non-blocking): a Syscall
-// tells the Go scheduler that the thread may block, which wakes the
-// runtime's monitor thread when the process was idle, a futex and a
-// series of its wake-ups for every burst of events.
-func (l *EventListener) recvfrom(fd uintptr) bool {
+// recvmmsg reads the datagrams queued, up to eventBatch, into l.buf's
+// slots without blocking; it is the callback of syscall.RawConn.Read,
+// which waits for the socket to become readable whenever it returns
+// false. It uses the raw system call because the x/sys wrappers allocate,
+// and RawSyscall6 because the call never blocks (the socket is
+// non-blocking, and MSG_DONTWAIT): a Syscall tells the Go scheduler that
+// the thread may block, which wakes the runtime's monitor thread when the
+// process was idle, a futex and a series of its wake-ups for every burst
+// of events. An error after some datagrams (an overflow) stays on the
+// socket for the next call.
+func (l *EventListener) recvmmsg(fd uintptr) bool {
+	for i := range l.hdrs {
+		l.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrNetlink
+		l.hdrs[i].Hdr.Flags = 0
+		l.hdrs[i].Len = 0
+	}
 	for {
-		l.fromLen = unix.SizeofSockaddrNetlink
-		n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd,
-			uintptr(unsafe.Pointer(&l.buf[0])), uintptr(len(l.buf)),
-			unix.MSG_TRUNC|unix.MSG_DONTWAIT, // n is the datagram's full length; never blocks
-			uintptr(unsafe.Pointer(&l.from)), uintptr(unsafe.Pointer(&l.fromLen)))
+		n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&l.hdrs[0])), eventBatch,
+			unix.MSG_TRUNC|unix.MSG_DONTWAIT, // each Len is the datagram's full length; never blocks
+			0, 0)
 		switch e {
 		case unix.EINTR:
 			continue
@@ -140,7 +162,7 @@ func (l *EventListener) recvfrom(fd uintptr) bool {
 }
 
 // Receive blocks until events arrive and appends the events of one receive
-// to buf[:0]. Event types this package does not know are skipped; so are
+// (the datagrams queued, up to 8) to buf[:0]. Event types this package does not know are skipped; so are
 // messages not sent by the kernel.
 //
 // When the kernel dropped events because the socket's buffer was full, the
@@ -162,15 +184,30 @@ func (l *EventListener) Receive(buf []pm.Event) ([]pm.Event, error) {
 		if err != nil {
 			return buf, err
 		}
-		if buf, err = l.decode(buf, l.buf[:n]); err != nil {
-			return buf, err
+		var first error
+		for i := range n {
+			size := int(l.hdrs[i].Len)
+			switch {
+			case size > eventSlot:
+				err = fmt.Errorf("pm: receive events: datagram of %d bytes truncated to %d: %w", size, eventSlot, pm.ErrInvalid)
+			case l.froms[i].Pid != 0:
+				continue // from a user-space socket, not from the kernel
+			default:
+				buf, err = l.decode(buf, l.buf[i*eventSlot:i*eventSlot+size])
+			}
+			if first == nil {
+				first = err
+			}
+		}
+		if first != nil {
+			return buf, first
 		}
 	}
 	return buf, nil
 }
 
-// receive reads one datagram into l.buf and returns its length, 0 for a
-// datagram that is not from the kernel.
+// receive reads the datagrams queued, up to eventBatch, into l.buf's slots
+// and returns how many it read, at least one.
 func (l *EventListener) receive() (int, error) {
 	if err := l.raw.Read(l.readFn); err != nil {
 		if l.closed.Load() {
@@ -182,11 +219,7 @@ func (l *EventListener) receive() (int, error) {
 	case l.errno == unix.ENOBUFS:
 		return 0, fmt.Errorf("pm: receive events: %w", ErrOverflow)
 	case l.errno != 0:
-		return 0, fmt.Errorf("pm: receive events: %w", os.NewSyscallError("recvfrom", l.errno))
-	case l.n > len(l.buf):
-		return 0, fmt.Errorf("pm: receive events: datagram of %d bytes truncated to %d: %w", l.n, len(l.buf), pm.ErrInvalid)
-	case l.from.Pid != 0:
-		return 0, nil // from a user-space socket, not from the kernel
+		return 0, fmt.Errorf("pm: receive events: %w", os.NewSyscallError("recvmmsg", l.errno))
 	}
 	return l.n, nil
 }
