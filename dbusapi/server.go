@@ -121,7 +121,8 @@ type Server struct {
 	mu      sync.RWMutex // guards the mirror below
 	manager service.Manager
 	conns   map[uint64]service.Connection
-	gen     uint64 // counts notifications that changed the mirror
+	paths   map[uint64]dbus.ObjectPath // connections' object paths (pathOf), guarded by pubMu
+	gen     uint64                     // counts notifications that changed the mirror
 	closed  bool
 
 	ctl controllers
@@ -334,9 +335,24 @@ func (s *Server) Close() error {
 
 // subflowSignals names the signal of each kind of subflow event.
 var subflowSignals = map[service.SubflowKind]string{
-	service.SubflowEstablished:     "SubflowEstablished",
-	service.SubflowClosed:          "SubflowClosed",
-	service.SubflowPriorityChanged: "SubflowPriorityChanged",
+	service.SubflowEstablished:     ConnectionInterface + ".SubflowEstablished",
+	service.SubflowClosed:          ConnectionInterface + ".SubflowClosed",
+	service.SubflowPriorityChanged: ConnectionInterface + ".SubflowPriorityChanged",
+}
+
+// pathOf returns the object path of connection id, formatted once per
+// connection (every signal of a connection needs it). s.pubMu must be
+// held.
+func (s *Server) pathOf(id uint64) dbus.ObjectPath {
+	if p, ok := s.paths[id]; ok {
+		return p
+	}
+	p := ConnectionPath(id)
+	if s.paths == nil {
+		s.paths = make(map[uint64]dbus.ObjectPath)
+	}
+	s.paths[id] = p
+	return p
 }
 
 // Publish turns a service notification into the mirror's new state and
@@ -371,10 +387,10 @@ func (s *Server) Publish(n service.Notification) {
 		if !known {
 			// Not announced yet (a notification that came before load):
 			// announce the whole object rather than a change to nothing.
-			s.emit(ManagerPath, objectManagerInterface+".InterfacesAdded", ConnectionPath(c.ID), connObject{&c})
+			s.emit(ManagerPath, objectManagerInterface+".InterfacesAdded", s.pathOf(c.ID), connObject{&c})
 			return
 		}
-		s.emitChanged(ConnectionPath(c.ID), ConnectionInterface, connectionPropsNamed(c, n.Changed))
+		s.emitChanged(s.pathOf(c.ID), ConnectionInterface, connectionPropsNamed(c, n.Changed))
 	case service.ConnectionRemoved:
 		s.mu.Lock()
 		_, known := s.conns[n.Connection.ID]
@@ -386,7 +402,11 @@ func (s *Server) Publish(n service.Notification) {
 		s.mu.Unlock()
 		if known {
 			s.emit(ManagerPath, objectManagerInterface+".InterfacesRemoved",
-				ConnectionPath(n.Connection.ID), connectionInterfaces())
+				s.pathOf(n.Connection.ID), connectionInterfaces())
+		}
+		delete(s.paths, n.Connection.ID)
+		if len(s.paths) == 0 {
+			s.paths = nil // maps do not shrink
 		}
 	case service.SubflowEvent:
 		name := subflowSignals[n.Kind]
@@ -402,10 +422,10 @@ func (s *Server) Publish(n service.Notification) {
 		}
 		s.emitOnConnection(n.ConnectionID, name, args...)
 	case service.AddressAnnounced:
-		s.emitOnConnection(n.ConnectionID, "AddressAnnounced",
+		s.emitOnConnection(n.ConnectionID, ConnectionInterface+".AddressAnnounced",
 			n.Address.ID, addrString(n.Address.Address), n.Address.Port)
 	case service.AddressRemoved:
-		s.emitOnConnection(n.ConnectionID, "AddressRemoved", n.RemoteID)
+		s.emitOnConnection(n.ConnectionID, ConnectionInterface+".AddressRemoved", n.RemoteID)
 	case service.ControllerReleased:
 		s.ctl.release(n)
 	default:
@@ -418,20 +438,22 @@ func (s *Server) connectionAdded(c service.Connection) {
 	s.conns[c.ID] = c
 	s.gen++
 	s.mu.Unlock()
-	s.emit(ManagerPath, objectManagerInterface+".InterfacesAdded", ConnectionPath(c.ID), connObject{&c})
+	s.emit(ManagerPath, objectManagerInterface+".InterfacesAdded", s.pathOf(c.ID), connObject{&c})
 }
 
 // emitOnConnection emits a Connection signal, only for a connection the
 // clients know about: an object exists before its signals.
-func (s *Server) emitOnConnection(id uint64, member string, args ...any) {
+// emitOnConnection emits the signal name (interface and member) on the
+// object of connection id, if it is known. s.pubMu must be held.
+func (s *Server) emitOnConnection(id uint64, name string, args ...any) {
 	s.mu.RLock()
 	_, known := s.conns[id]
 	s.mu.RUnlock()
 	if !known {
-		s.log.Debug("dbusapi: signal for an unknown connection dropped", "connection", id, "signal", member)
+		s.log.Debug("dbusapi: signal for an unknown connection dropped", "connection", id, "signal", name)
 		return
 	}
-	s.emit(ConnectionPath(id), ConnectionInterface+"."+member, args...)
+	s.emit(s.pathOf(id), name, args...)
 }
 
 func (s *Server) emitChanged(path dbus.ObjectPath, iface string, changed map[string]dbus.Variant) {

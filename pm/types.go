@@ -213,6 +213,11 @@ type Connection struct {
 	// Subflows are the established additional subflows (joins), those that
 	// SUB_ESTABLISHED reports; the initial subflow is not among them.
 	Subflows []Subflow
+	// InitialClosed: the initial subflow is closed (a path manager closed
+	// it; the connection goes on with its joins). Its local backup
+	// request is InitialBackup.
+	InitialClosed bool
+	InitialBackup bool
 }
 
 // Subflow is an additional subflow of a listed connection, with the fields

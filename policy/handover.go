@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
@@ -21,9 +22,10 @@ func init() { Register(NameHandover, func() Policy { return handover{} }) }
 // outstanding and nothing acknowledged for the stall timeout), and is
 // "settled" when it has worked for View.Handover.Hysteresis.
 //
-//   - A stalled subflow other than the initial one is destroyed, when
-//     another subflow works or a standby path exists; a stalled initial
-//     subflow (which the policy does not close) is made backup.
+//   - A stalled subflow, the initial one included, is destroyed once
+//     another subflow works: the kernel then sends what was outstanding
+//     on it again at once. So is the initial subflow once its address is
+//     not usable.
 //   - While a cheap path works: every cheap interface gets a subflow
 //     (non-backup); with a warm standby every expensive or backup
 //     interface gets a backup subflow, with a cold one none. Once a cheap
@@ -89,19 +91,24 @@ func (handover) Connection(v View, c Connection) []Action {
 			}
 		}
 	}
-	standbyExists := false
-	for _, a := range addrs {
-		standbyExists = standbyExists || a.Preference.Standby() && c.sameFamily(a.Addr)
-	}
-
-	// Dead subflows, then the flags of the live ones.
+	// Dead subflows, the initial one included, are closed once another
+	// subflow works: closing one makes the kernel send what was
+	// outstanding on it again at once, on the others; a flag change would
+	// leave it to the retransmission timer (docs/kernel-notes.md,
+	// Failover). The initial subflow on an address that is gone (its
+	// carrier, its address) is dead too.
 	gone := map[netip.AddrPort]bool{}
+	for _, s := range c.Subflows {
+		if s.Pending || !c.isInitial(s) || !anyHealthy {
+			continue
+		}
+		if _, ok := lookup(addrs, s.Local.Addr()); !ok {
+			out = append(out, destroyAction(&c, livePath{s: s, initial: true}, "address "+s.Local.Addr().String()+" is not usable any more"))
+			gone[s.Local] = true
+		}
+	}
 	for _, p := range paths {
-		switch {
-		case !p.s.Stalled:
-		case p.initial && !p.s.Backup:
-			out = append(out, flagAction(&c, p, true, "no progress on "+p.a.Interface+": the path failed"))
-		case !p.initial && (anyHealthy || standbyExists):
+		if p.s.Stalled && anyHealthy {
 			out = append(out, destroyAction(&c, p, "no progress on "+p.a.Interface+": the path failed"))
 			gone[p.s.Local] = true
 		}
@@ -122,8 +129,14 @@ func (handover) Connection(v View, c Connection) []Action {
 		}
 	}
 
-	// Interfaces without a subflow.
-	left := room(v.SubflowLimit, extra-len(gone))
+	// Interfaces without a subflow. The initial subflow's address may get
+	// one once that subflow is closed.
+	closed := len(gone)
+	if gone[c.Local] {
+		closed-- // not one of the extra subflows
+	}
+	initialGone := gone[c.Local] || !slices.ContainsFunc(c.Subflows, c.isInitial)
+	left := room(v.SubflowLimit, extra-closed)
 	for start := 0; start < len(addrs) && left > 0; {
 		end := start + 1
 		for end < len(addrs) && addrs[end].Interface == addrs[start].Interface {
@@ -151,7 +164,8 @@ func (handover) Connection(v View, c Connection) []Action {
 		}
 		for i := from; i < to; i++ {
 			a := addrs[i]
-			if c.sameFamily(a.Addr) && pm.CanonicalAddr(a.Addr) != pm.CanonicalAddr(c.Local.Addr()) && firstOf(addrs, i) && !c.failed(a.Addr) {
+			if c.sameFamily(a.Addr) && (initialGone || pm.CanonicalAddr(a.Addr) != pm.CanonicalAddr(c.Local.Addr())) &&
+				firstOf(addrs, i) && !c.failed(a.Addr) {
 				act := subflowTo(&c, a, pm.CanonicalAddrPort(c.Remote), why)
 				act.Backup = backup
 				out = append(out, act)
@@ -190,7 +204,7 @@ func flagAction(c *Connection, p livePath, backup bool, why string) Action {
 	}
 }
 
-// destroyAction closes p's subflow.
+// destroyAction closes p's subflow (its interface may be unknown).
 func destroyAction(c *Connection, p livePath, why string) Action {
 	return Action{
 		Kind: DestroySubflow, Token: c.Token,

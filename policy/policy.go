@@ -108,8 +108,9 @@ type Connection struct {
 	// Local and Remote are the initial subflow's addresses. IPv4-mapped IPv6
 	// addresses (from dual-stack listeners) are treated as IPv4.
 	Local, Remote netip.AddrPort
-	// Subflows are the known subflows, the initial one included if the
-	// service knows it, and the pending ones the service requested.
+	// Subflows are the known subflows, the initial one included until it
+	// closes (the service always knows it), and the pending ones the
+	// service requested.
 	Subflows      []Subflow
 	PeerAddresses []PeerAddress // announced by the peer
 	Announced     []PeerAddress // announced by us

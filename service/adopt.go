@@ -100,6 +100,8 @@ func (s *Service) adopt(kc *pm.Connection) {
 		c.subflows = append(c.subflows, s.listedSubflow(sf))
 		c.setBackupLocal(tuple{sf.Local, sf.Remote}, sf.BackupLocal)
 	}
+	c.initialClosed = kc.InitialClosed
+	c.setBackupLocal(tuple{c.local, c.remote}, kc.InitialBackup && !kc.InitialClosed)
 	if c.userspace {
 		s.adoptAnnouncements(c)
 	}

@@ -159,6 +159,9 @@ func (s *Service) subflow(c *conn, ev pm.Event) {
 			changed = true
 		}
 	case pm.EventSubClosed:
+		if pm.CanonicalAddrPort(t.local) == pm.CanonicalAddrPort(c.local) && pm.CanonicalAddrPort(t.remote) == pm.CanonicalAddrPort(c.remote) {
+			c.initialClosed = true
+		}
 		n.Kind = SubflowClosed
 		n.Error = uint32(ev.Error)
 		n.ResetReason = ev.ResetReason

@@ -3,6 +3,7 @@ package service
 import (
 	"maps"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -77,18 +78,29 @@ func TestHandoverService(t *testing.T) {
 			c2Port = sf.LocalPort
 		}
 	}
+	// probe reports the TCP state of every subflow the connection has
+	// now, the initial one included (while it is closed, its probe is
+	// ignored), stalled when its local address is c0's (or c2's) and
+	// c0Stalled (c2Stalled).
 	probe := func(c0Stalled, c2Stalled bool) {
 		t.Helper()
-		p := func(ip string, port uint16, stalled bool) SubflowProbe {
-			sp := SubflowProbe{Token: 1, Local: ap(ip + ":" + itoa(port)), Remote: ap("10.55.0.2:8080"), RTT: time.Millisecond}
-			if stalled {
+		c, err := h.s.Connection(bg, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		locals := []netip.AddrPort{ap("10.55.0.1:40000")}
+		for _, sf := range c.Subflows {
+			locals = append(locals, netip.AddrPortFrom(sf.LocalAddress, sf.LocalPort))
+		}
+		var ps []SubflowProbe
+		for _, l := range locals {
+			sp := SubflowProbe{Token: 1, Local: l, Remote: ap("10.55.0.2:8080"), RTT: time.Millisecond}
+			if l.Addr().String() == "10.55.0.1" && c0Stalled || l.Addr().String() == "10.55.2.1" && c2Stalled {
 				sp.Unacked, sp.LastAckRecv = 12, time.Second
 			}
-			return sp
+			ps = append(ps, sp)
 		}
-		if err := h.s.ProbeSubflows(bg, []SubflowProbe{
-			p("10.55.0.1", 40000, c0Stalled), p("10.55.1.1", c1Port, false), p("10.55.2.1", c2Port, c2Stalled),
-		}); err != nil {
+		if err := h.s.ProbeSubflows(bg, ps); err != nil {
 			t.Fatal(err)
 		}
 		h.settle()
@@ -112,16 +124,32 @@ func TestHandoverService(t *testing.T) {
 	probe(true, true)
 	got := h.calls(mark, "SetSubflowFlags", "DestroySubflow", "CreateSubflow")
 	want := []string{
-		"SetSubflowFlags 1 10.55.0.1:40000 10.55.0.2:8080 backup",
+		"DestroySubflow 1 10.55.0.1:40000 10.55.0.2:8080",
 		"DestroySubflow 1 10.55.2.1:" + itoa(c2Port) + " 10.55.0.2:8080",
 		"SetSubflowFlags 1 10.55.1.1:" + itoa(c1Port) + " 10.55.0.2:8080 ",
 	}
-	if len(got) < 3 || !equalPrefix(got[:3], want) {
-		t.Errorf("failover: %q, want first %q", got, want)
+	if len(got) < 3 || !equalPrefix(got[:3], want) || slices.Index(got[3:], want[0]) >= 0 {
+		t.Errorf("failover: %q, want first %q, and the initial subflow closed once", got, want)
 	}
 
-	// The initial path works again: nothing until the hysteresis is over,
-	// then the traffic moves back.
+	// The cheap paths work again (the probes made as backup came up):
+	// nothing until the hysteresis is over, then the traffic moves back.
+	c, err = h.s.Connection(bg, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var probe0 netip.AddrPort
+	for _, sf := range c.Subflows {
+		if sf.LocalAddress.String() == "10.55.0.1" {
+			probe0 = netip.AddrPortFrom(sf.LocalAddress, sf.LocalPort)
+			if !sf.Backup {
+				t.Errorf("the probe on c0 is not backup: %+v", sf)
+			}
+		}
+	}
+	if !probe0.IsValid() {
+		t.Fatalf("no probe subflow on c0 after the failover: %+v", c.Subflows)
+	}
 	mark = h.mark()
 	probe(false, false)
 	clock.Add(2 * time.Second)
@@ -132,10 +160,11 @@ func TestHandoverService(t *testing.T) {
 	clock.Add(1100 * time.Millisecond)
 	probe(false, false)
 	probe(false, false) // the standby is demoted at the decision after the promotion
-	sameStrings(t, "back after the hysteresis", h.calls(mark, "SetSubflowFlags"), []string{
-		"SetSubflowFlags 1 10.55.0.1:40000 10.55.0.2:8080 ",
-		"SetSubflowFlags 1 10.55.1.1:" + itoa(c1Port) + " 10.55.0.2:8080 backup",
-	})
+	got = h.calls(mark, "SetSubflowFlags")
+	if len(got) < 2 || got[0] != "SetSubflowFlags 1 "+probe0.String()+" 10.55.0.2:8080 " ||
+		!slices.Contains(got, "SetSubflowFlags 1 10.55.1.1:"+itoa(c1Port)+" 10.55.0.2:8080 backup") {
+		t.Errorf("back after the hysteresis: %q, want c0's probe promoted, then c1 demoted", got)
+	}
 
 	// At run time c1 becomes cheap: its subflow is promoted at once; then
 	// off: its subflow goes. The setting is kept for a restart.

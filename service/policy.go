@@ -267,7 +267,7 @@ func (s *Service) policyConn(c *conn) policy.Connection {
 		Remote:      c.remote,
 		Subflows:    make([]policy.Subflow, 0, len(c.subflows)+len(c.pending)+1),
 	}
-	if c.local.IsValid() && c.remote.IsValid() { // the initial subflow
+	if c.local.IsValid() && c.remote.IsValid() && !c.initialClosed && !slices.Contains(c.closing, tuple{c.local, c.remote}) { // the initial subflow
 		t := tuple{c.local, c.remote}
 		stalled, since := c.healthOf(t)
 		pc.Subflows = append(pc.Subflows, policy.Subflow{Local: t.local, Remote: t.remote, Backup: c.backupLocal[t],
@@ -334,6 +334,9 @@ func (s *Service) connAction(c *conn, a policy.Action) {
 			// The kernel has no such subflow: it closed and its SUB_CLOSED
 			// was missed. Forget it as the event would have.
 			s.log.Debug("policy: the subflow to close is gone already", "token", logToken(c.token), "local", t.local, "remote", t.remote)
+			if t == (tuple{c.local, c.remote}) {
+				c.initialClosed = true
+			}
 			if i := c.subflowIndex(t.local, t.remote); i >= 0 {
 				sf := c.subflows[i]
 				s.subflow(c, pm.Event{
@@ -528,6 +531,9 @@ func (s *Service) subflowNews(c *conn, ev pm.Event, t tuple, established bool) {
 	typ := ev.Type
 	lk, rk := pm.CanonicalAddr(t.local.Addr()), pm.CanonicalAddrPort(t.remote)
 	p := slices.IndexFunc(c.pending, func(p pendingSubflow) bool { return p.local == lk && p.remote == rk })
+	if pm.CanonicalAddrPort(t.local) == pm.CanonicalAddrPort(c.local) && pm.CanonicalAddrPort(t.remote) == pm.CanonicalAddrPort(c.remote) {
+		p = -1 // the initial subflow: not a requested one, though its addresses may be a request's
+	}
 	switch typ {
 	case pm.EventSubEstablished:
 		if p >= 0 {

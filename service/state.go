@@ -44,6 +44,9 @@ type conn struct {
 	pol   policy.Policy
 	rule  string
 	ruled bool
+	// initialClosed: the initial subflow closed (the handover policy
+	// closes a dead one); the connection goes on with its joins.
+	initialClosed bool
 }
 
 // setBackupLocal records this end's backup request for subflow t.

@@ -38,10 +38,17 @@ func fromSnapshot(snap *diag.Snapshot) []pm.Connection {
 			ServerSide:  cn.Side == diag.SideServer,
 			Established: !inHandshake(cn.State),
 		}
+		initialSeen := false
 		for _, sf := range cn.Subflows {
 			// The initial subflow is the connection's own (MP_CAPABLE);
 			// SUB_ESTABLISHED reports joins only, once established.
-			if sf.Flags&(diag.SubflowJoinLocal|diag.SubflowJoinRemote) == 0 || inHandshake(sf.State) || closing(sf.State) {
+			if sf.Flags&(diag.SubflowJoinLocal|diag.SubflowJoinRemote) == 0 {
+				if !closing(sf.State) {
+					initialSeen, pc.InitialBackup = true, sf.Backup
+				}
+				continue
+			}
+			if inHandshake(sf.State) || closing(sf.State) {
 				continue
 			}
 			pc.Subflows = append(pc.Subflows, pm.Subflow{
@@ -56,6 +63,9 @@ func fromSnapshot(snap *diag.Snapshot) []pm.Connection {
 				Ifindex:     int32(sf.Ifindex),
 			})
 		}
+		// A connection that goes on with joins only: a path manager closed
+		// its initial subflow (the handover policy closes a dead one).
+		pc.InitialClosed = pc.Established && !initialSeen && len(pc.Subflows) > 0
 		out = append(out, pc)
 	}
 	return out

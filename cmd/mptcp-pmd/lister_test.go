@@ -16,6 +16,8 @@ func TestFromSnapshot(t *testing.T) {
 	join := diag.Subflow{Flags: diag.SubflowJoinLocal, LocalID: 3, RemoteID: 1, State: diag.StateEstablished,
 		Backup: false, BackupRemote: true, Ifindex: 7,
 		Local: ap("10.0.1.1:4001"), Remote: ap("[::ffff:10.0.0.2]:80")}
+	backupInitial := initial
+	backupInitial.Backup = true
 	joining := join
 	joining.State, joining.Local = diag.StateSynSent, ap("10.0.2.1:4002")
 	leaving := join
@@ -33,6 +35,8 @@ func TestFromSnapshot(t *testing.T) {
 		conn(4, diag.StateFinWait2, 0, diag.SideClient),           // closed by its application
 		conn(5, diag.StateFinWait2, 15, diag.SideClient),          // only shut down
 		conn(6, diag.StateCloseWait, 0, diag.SideServer, initial), // not accepted yet, the peer closed
+		conn(7, diag.StateEstablished, 17, diag.SideClient, join), // the initial subflow closed
+		conn(8, diag.StateEstablished, 18, diag.SideClient, backupInitial),
 	}}
 	want := []pm.Connection{
 		{Token: 1, Local: ap("10.0.0.1:4000"), Remote: ap("10.0.0.2:80"), Established: true, Subflows: []pm.Subflow{
@@ -41,6 +45,10 @@ func TestFromSnapshot(t *testing.T) {
 		{Token: 3, Local: ap("10.0.0.1:4000"), Remote: ap("10.0.0.2:80"), ServerSide: true},
 		{Token: 5, Local: ap("10.0.0.1:4000"), Remote: ap("10.0.0.2:80"), Established: true},
 		{Token: 6, Local: ap("10.0.0.1:4000"), Remote: ap("10.0.0.2:80"), ServerSide: true, Established: true},
+		{Token: 7, Local: ap("10.0.0.1:4000"), Remote: ap("10.0.0.2:80"), Established: true, InitialClosed: true, Subflows: []pm.Subflow{
+			{LocalID: 3, RemoteID: 1, Local: ap("10.0.1.1:4001"), Remote: ap("10.0.0.2:80"), Backup: true, Ifindex: 7},
+		}},
+		{Token: 8, Local: ap("10.0.0.1:4000"), Remote: ap("10.0.0.2:80"), Established: true, InitialBackup: true},
 	}
 	if got := fromSnapshot(snap); !reflect.DeepEqual(got, want) {
 		t.Errorf("fromSnapshot:\n got %+v\nwant %+v", got, want)

@@ -55,6 +55,8 @@ type fakeConn struct {
 	remote    netip.AddrPort
 	addrs     []pm.Address // the connection's local addresses with their ids
 	subflows  []fakeSubflow
+	// initialClosed: DestroySubflow closed the initial subflow.
+	initialClosed bool
 }
 
 type fakeSubflow struct {
@@ -495,6 +497,12 @@ func (k *FakeKernel) DestroySubflow(token uint32, local, remote netip.AddrPort) 
 		return err
 	}
 	i := slices.IndexFunc(c.subflows, func(sf fakeSubflow) bool { return sf.local == local && sf.remote == remote })
+	if i < 0 && local == c.local && remote == c.remote && !c.initialClosed {
+		// The initial subflow: the kernel closes it too.
+		c.initialClosed = true
+		k.emit(subflowEvent(pm.EventSubClosed, token, fakeSubflow{local: local, remote: remote}))
+		return nil
+	}
 	if i < 0 {
 		return refusal(op, syscall.ESRCH, "subflow not found")
 	}
@@ -517,7 +525,7 @@ func (k *FakeKernel) SetSubflowFlags(token uint32, local, remote netip.AddrPort,
 	if err != nil {
 		return err
 	}
-	found := c.local.Addr() == local.Addr() && (local.Port() == 0 || c.local.Port() == local.Port()) && c.remote == remote
+	found := !c.initialClosed && c.local.Addr() == local.Addr() && (local.Port() == 0 || c.local.Port() == local.Port()) && c.remote == remote
 	for i := range c.subflows {
 		sf := &c.subflows[i]
 		if sf.local.Addr() == local.Addr() && (local.Port() == 0 || sf.local.Port() == local.Port()) && sf.remote == remote {
