@@ -87,7 +87,7 @@ bench-nm: build
 # and dbus-daemon.
 HANDOVER_ROUNDS      ?= 3
 HANDOVER_MECH_ROUNDS ?= 3
-HANDOVER_STALL       ?= 150ms
+HANDOVER_STALL       ?= 60ms
 bench-handover: build
 	HANDOVER_ROUNDS=$(HANDOVER_ROUNDS) HANDOVER_STALL=$(HANDOVER_STALL) \
 		$(GO) test -run '^$$' -bench '^BenchmarkHandover$$' -benchtime 1x -count=1 -v ./cmd/mptcp-pmd
