@@ -17,11 +17,11 @@ import (
 
 // The bounds of BenchmarkHandover's windows.
 const (
-	hbWarmUp       = time.Second             // the stream flows this long before a failure
-	hbFailMin      = 1500 * time.Millisecond // a failure's window lasts at least this long
-	hbFailBound    = 5 * time.Second         // and at most this long
-	hbHysteresis   = 3 * time.Second         // the handover policy's, in its configuration
-	hbBackBound    = hbHysteresis + 5*time.Second
+	hbWarmUp     = time.Second             // the stream flows this long before a failure
+	hbFailMin    = 1500 * time.Millisecond // a failure's window lasts at least this long
+	hbFailBound  = 5 * time.Second         // and at most this long
+	hbHysteresis = 3 * time.Second         // the handover policy's, in its configuration
+	hbBackBound  = hbHysteresis + 5*time.Second
 )
 
 // hbStallTimeout is the handover policy's stall_timeout in the benchmark:
