@@ -1,15 +1,10 @@
 package main
 
 import (
-	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,123 +16,8 @@ import (
 
 // The handover policy with real traffic: a paced stream from the client
 // (which runs the daemon) to the server over path 0 (cheap) with path 1
-// expensive.
-
-// hoStream is a paced stream of 1000-byte records, each with its sequence
-// number, from a client to a server in a lab, and what the receiver saw.
-type hoStream struct {
-	conn net.Conn
-
-	mu      sync.Mutex
-	arrived []time.Time // arrival time of each record, by sequence number
-	err     error       // a record out of order, or the connection's failure
-}
-
-const hoRecord = 1000
-
-// startHoStream dials from path 0 to the server and sends a record every
-// 4 ms (2 Mbit/s) until the test ends.
-func startHoStream(t *testing.T, lab *pmtest.Lab) *hoStream {
-	t.Helper()
-	var ln net.Listener
-	if err := lab.Server.Do(func() (err error) {
-		var lc net.ListenConfig
-		lc.SetMultipathTCP(true)
-		ln, err = lc.Listen(context.Background(), "tcp", netip.AddrPortFrom(lab.Server.Addrs4[0], 0).String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	s := &hoStream{}
-	accepted := make(chan struct{})
-	go func() {
-		c, err := ln.Accept()
-		close(accepted)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		buf := make([]byte, hoRecord)
-		for seq := uint64(0); ; seq++ {
-			if _, err := io.ReadFull(c, buf); err != nil {
-				return
-			}
-			now := time.Now()
-			s.mu.Lock()
-			if got := binary.BigEndian.Uint64(buf); got != seq && s.err == nil {
-				s.err = fmt.Errorf("record %d arrived as number %d", got, seq)
-			}
-			s.arrived = append(s.arrived, now)
-			s.mu.Unlock()
-		}
-	}()
-	s.conn = lab.Client.Dial(t, lab.Client.Addrs4[0], addrPortOf(t, ln.Addr()))
-	<-accepted
-	done := make(chan struct{})
-	stopped := make(chan struct{})
-	t.Cleanup(func() { close(done); <-stopped })
-	go func() {
-		defer close(stopped)
-		tick := time.NewTicker(4 * time.Millisecond)
-		defer tick.Stop()
-		rec := make([]byte, hoRecord)
-		for seq := uint64(0); ; seq++ {
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-			}
-			binary.BigEndian.PutUint64(rec, seq)
-			if _, err := s.conn.Write(rec); err != nil {
-				s.mu.Lock()
-				if s.err == nil {
-					s.err = err
-				}
-				s.mu.Unlock()
-				return
-			}
-		}
-	}()
-	return s
-}
-
-func addrPortOf(t *testing.T, a net.Addr) netip.AddrPort {
-	t.Helper()
-	ap, err := netip.ParseAddrPort(a.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ap
-}
-
-// maxGap returns the longest time between two arrivals after from (or
-// between from and the first arrival), and the number of records after
-// from.
-func (s *hoStream) maxGap(from time.Time) (time.Duration, int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var gap time.Duration
-	prev, n := from, 0
-	for _, at := range s.arrived {
-		if at.Before(from) {
-			continue
-		}
-		gap = max(gap, at.Sub(prev))
-		prev = at
-		n++
-	}
-	return gap, n
-}
-
-func (s *hoStream) check(t *testing.T) {
-	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err != nil {
-		t.Fatalf("the stream: %v", s.err)
-	}
-}
+// expensive. The stream and path 0's failures are make bench-handover's
+// (handover_stream_linux_test.go).
 
 // hoBytes returns the bytes the peer acknowledged on each of the client's
 // established subflows of the connection from local port lport, by local
@@ -192,20 +72,6 @@ func hoWaitCarrying(t *testing.T, dc *diag.Client, lport uint16, local, other ne
 	}
 }
 
-// blackhole points both ends' neighbour entries of path 0 at a MAC address
-// nobody has (frames are dropped, the link stays up), or undoes it.
-func blackhole(t *testing.T, lab *pmtest.Lab, on bool) {
-	t.Helper()
-	cli, srv := lab.Client, lab.Server
-	if on {
-		cli.Run(t, "ip", "neigh", "replace", srv.Addrs4[0].String(), "lladdr", "02:00:00:00:00:01", "dev", cli.Ifaces[0], "nud", "permanent")
-		srv.Run(t, "ip", "neigh", "replace", cli.Addrs4[0].String(), "lladdr", "02:00:00:00:00:01", "dev", srv.Ifaces[0], "nud", "permanent")
-		return
-	}
-	cli.Run(t, "ip", "neigh", "del", srv.Addrs4[0].String(), "dev", cli.Ifaces[0])
-	srv.Run(t, "ip", "neigh", "del", cli.Addrs4[0].String(), "dev", srv.Ifaces[0])
-}
-
 // hoArgs are the daemon's arguments for the handover tests.
 func hoArgs(t *testing.T, standby string) []string {
 	return []string{"--policy", "handover", configArg(t, fmt.Sprintf(`
@@ -218,7 +84,11 @@ preference = "expensive"
 `, standby))}
 }
 
-func hoSetup(t *testing.T, standby string) (*pmtest.Lab, *testDaemon, *hoStream, *diag.Client, uint16) {
+// hoSetup starts a lab, the daemon with the handover policy, a sock_diag
+// client in the client's namespace, and the stream, stopped and checked
+// (nothing lost, nothing reordered) when the test ends. It returns the
+// lab's path 0 failures and the stream's local port.
+func hoSetup(t *testing.T, standby string) (*hbLab, *testDaemon, *hbStream, *diag.Client, uint16) {
 	t.Helper()
 	s := newSetup(t, pmtest.LabOptions{Paths: 2, ClientPM: "userspace"})
 	d := startDaemon(t, s.lab.Client, s.bus, hoArgs(t, standby)...)
@@ -227,8 +97,22 @@ func hoSetup(t *testing.T, standby string) (*pmtest.Lab, *testDaemon, *hoStream,
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dc.Close() })
-	st := startHoStream(t, s.lab)
-	return s.lab, d, st, dc, addrPortOf(t, st.conn.LocalAddr()).Port()
+	ln := hbListen(t, s.lab.Server, s.lab.Server.Addrs4[0], true)
+	st := startHBStream(t, s.lab.Client, s.lab.Client.Addrs4[0], ln, true)
+	t.Cleanup(func() {
+		if !t.Failed() {
+			st.finish(t, "the stream")
+		}
+	})
+	return newHBLab(t, s.lab), d, st, dc, st.local.Port()
+}
+
+// check fails the test if the stream went wrong so far.
+func (s *hbStream) check(t *testing.T) {
+	t.Helper()
+	if err := s.errSoFar(); err != nil {
+		t.Fatalf("the stream: %v", err)
+	}
 }
 
 // TestHandoverWarm: the standby subflow on the expensive path carries
@@ -236,9 +120,9 @@ func hoSetup(t *testing.T, standby string) (*pmtest.Lab, *testDaemon, *hoStream,
 // blackholed and when its carrier is lost; the stream moves back after the
 // hysteresis; a preference set at run time applies to the live connection.
 func TestHandoverWarm(t *testing.T) {
-	lab, d, st, dc, lport := hoSetup(t, "warm")
-	cheap, expensive := lab.Client.Addrs4[0], lab.Client.Addrs4[1]
-	skev := listenKernel(t, lab.Server)
+	hl, d, st, dc, lport := hoSetup(t, "warm")
+	cheap, expensive := hl.lab.Client.Addrs4[0], hl.lab.Client.Addrs4[1]
+	skev := listenKernel(t, hl.lab.Server)
 
 	eventually(t, 5*time.Second, "the warm standby subflow", func() bool {
 		_, ok := hoBytes(t, dc, lport)[expensive]
@@ -274,32 +158,22 @@ func TestHandoverWarm(t *testing.T) {
 		t.Logf("$ mptcpctl top --count 1\n%s", out)
 	}
 
-	for _, failure := range []string{"blackhole", "carrier"} {
-		start := time.Now()
-		if failure == "blackhole" {
-			blackhole(t, lab, true)
-		} else {
-			lab.Server.Run(t, "ip", "link", "set", lab.Server.Ifaces[0], "down")
-		}
-		at := hoWaitCarrying(t, dc, lport, expensive, cheap, 5*time.Second, failure+": failover")
-		gap, _ := st.maxGap(start)
+	for _, failure := range []hbFailure{hbBlackhole, hbCarrier} {
+		start := hl.fail(t, failure, true)
+		at := hoWaitCarrying(t, dc, lport, expensive, cheap, 5*time.Second, string(failure)+": failover")
+		gap := st.gap(start, at)
 		t.Logf("%s: the standby carries the stream %v after the failure; longest gap at the receiver %v",
 			failure, at.Sub(start).Round(time.Millisecond), gap.Round(time.Millisecond))
 
-		back := time.Now()
-		if failure == "blackhole" {
-			blackhole(t, lab, false)
-		} else {
-			lab.Server.Run(t, "ip", "link", "set", lab.Server.Ifaces[0], "up")
-		}
-		at = hoWaitCarrying(t, dc, lport, cheap, expensive, 15*time.Second, failure+": back")
+		back := hl.fail(t, failure, false)
+		at = hoWaitCarrying(t, dc, lport, cheap, expensive, 15*time.Second, string(failure)+": back")
 		if at.Sub(back) < 2*time.Second {
 			t.Errorf("%s: the stream moved back %v after the path came back, before the hysteresis (2 s)", failure, at.Sub(back))
 		}
 		if g := hoGrowth(t, dc, lport, time.Second); g[expensive] > 2_000 {
 			t.Errorf("%s: back on the cheap path, the standby still carries %d bytes a second", failure, g[expensive])
 		}
-		gap, _ = st.maxGap(back)
+		gap = st.gap(back, at)
 		t.Logf("%s: back on the cheap path %v after it returned; longest gap since %v", failure,
 			at.Sub(back).Round(time.Millisecond), gap.Round(time.Millisecond))
 		st.check(t)
@@ -329,18 +203,17 @@ func TestHandoverWarm(t *testing.T) {
 // made at the failure and carries the stream; it is closed once the cheap
 // path is back for the hysteresis.
 func TestHandoverCold(t *testing.T) {
-	lab, _, st, dc, lport := hoSetup(t, "cold")
-	cheap, expensive := lab.Client.Addrs4[0], lab.Client.Addrs4[1]
+	hl, _, st, dc, lport := hoSetup(t, "cold")
+	cheap, expensive := hl.lab.Client.Addrs4[0], hl.lab.Client.Addrs4[1]
 	time.Sleep(time.Second)
 	if b := hoBytes(t, dc, lport); len(b) != 1 || b[cheap] == 0 {
 		t.Fatalf("subflows while the cheap path works: %v, want only %s", b, cheap)
 	}
-	start := time.Now()
-	blackhole(t, lab, true)
+	start := hl.fail(t, hbBlackhole, true)
 	at := hoWaitCarrying(t, dc, lport, expensive, cheap, 5*time.Second, "cold failover")
-	gap, _ := st.maxGap(start)
+	gap := st.gap(start, at)
 	t.Logf("cold standby: carries the stream %v after the failure; longest gap %v", at.Sub(start).Round(time.Millisecond), gap.Round(time.Millisecond))
-	blackhole(t, lab, false)
+	hl.fail(t, hbBlackhole, false)
 	hoWaitCarrying(t, dc, lport, cheap, expensive, 15*time.Second, "cold: back")
 	eventually(t, 5*time.Second, "the cold standby closed", func() bool {
 		_, ok := hoBytes(t, dc, lport)[expensive]
@@ -354,18 +227,17 @@ func TestHandoverCold(t *testing.T) {
 // cheap subflow standing by, from the kernel's flags) and moves the stream
 // back once the cheap path has returned and held for the hysteresis.
 func TestHandoverRestart(t *testing.T) {
-	lab, d, st, dc, lport := hoSetup(t, "warm")
-	cheap, expensive := lab.Client.Addrs4[0], lab.Client.Addrs4[1]
+	hl, d, st, dc, lport := hoSetup(t, "warm")
+	cheap, expensive := hl.lab.Client.Addrs4[0], hl.lab.Client.Addrs4[1]
 	eventually(t, 5*time.Second, "the warm standby subflow", func() bool {
 		_, ok := hoBytes(t, dc, lport)[expensive]
 		return ok
 	})
-	blackhole(t, lab, true)
+	hl.fail(t, hbBlackhole, true)
 	hoWaitCarrying(t, dc, lport, expensive, cheap, 5*time.Second, "failover")
 	d.kill9(t)
-	d2 := startDaemon(t, lab.Client, d.bus, hoArgs(t, "warm")...)
-	blackhole(t, lab, false)
-	back := time.Now()
+	d2 := startDaemon(t, hl.lab.Client, d.bus, hoArgs(t, "warm")...)
+	back := hl.fail(t, hbBlackhole, false)
 	at := hoWaitCarrying(t, dc, lport, cheap, expensive, 15*time.Second, "back after the restart")
 	if at.Sub(back) < 2*time.Second {
 		t.Errorf("the stream moved back %v after the path returned, before the hysteresis", at.Sub(back))
