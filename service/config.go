@@ -70,6 +70,12 @@ type InterfaceConfig struct {
 	Preference policy.Preference
 }
 
+// The handover policy's defaults.
+const (
+	defaultStallTimeout = 200 * time.Millisecond
+	defaultHysteresis   = 5 * time.Second
+)
+
 // HandoverConfig are the handover policy's settings ([handover]).
 type HandoverConfig struct {
 	Cold bool // standby = "cold": standby subflows only when no cheap path works
@@ -92,7 +98,7 @@ func DefaultConfig() Config {
 		Filter:         policy.DefaultFilter(),
 		EndpointFlags:  pm.FlagSubflow,
 		RemoveOnExit:   true,
-		Handover:       HandoverConfig{StallTimeout: 200 * time.Millisecond, Hysteresis: 5 * time.Second},
+		Handover:       HandoverConfig{StallTimeout: defaultStallTimeout, Hysteresis: defaultHysteresis},
 		NetworkManager: NetworkManagerAuto,
 	}
 }

@@ -208,9 +208,10 @@ const (
 func (s *Service) ProbeInterval() time.Duration { return time.Duration(s.probeEvery.Load()) }
 
 // updateProbing sets ProbeInterval from the policy and the connections.
+// The loop calls it after every event: it reads only fields.
 func (s *Service) updateProbing() {
 	var every time.Duration
-	if s.handoverInUse() && s.acting() && len(s.conns.byToken) > 0 {
+	if s.usesHandover && s.acting() && len(s.conns.byToken) > 0 {
 		every = min(max(s.handover().StallTimeout/3, minProbe), maxProbe)
 	}
 	if int64(every) != s.probeEvery.Load() {
@@ -219,7 +220,8 @@ func (s *Service) updateProbing() {
 }
 
 // handoverInUse reports whether the handover policy decides for some
-// connections: the service's policy, or a rule's.
+// connections: the service's policy, or a rule's. New and Reload keep it
+// in s.usesHandover.
 func (s *Service) handoverInUse() bool {
 	if s.pol.Name() == policy.NameHandover {
 		return true
@@ -233,13 +235,14 @@ func (s *Service) handoverInUse() bool {
 }
 
 // handover returns the handover settings, zero values as the defaults.
+// Every policy decision reads it (view): it allocates nothing.
 func (s *Service) handover() HandoverConfig {
-	h, def := s.cfg.Handover, DefaultConfig().Handover
+	h := s.cfg.Handover
 	if h.StallTimeout <= 0 {
-		h.StallTimeout = def.StallTimeout
+		h.StallTimeout = defaultStallTimeout
 	}
 	if h.Hysteresis <= 0 {
-		h.Hysteresis = def.Hysteresis
+		h.Hysteresis = defaultHysteresis
 	}
 	return h
 }
@@ -251,7 +254,7 @@ func (s *Service) handover() HandoverConfig {
 // policy decides again on every connection it has.
 func (s *Service) ProbeSubflows(ctx context.Context, probes []SubflowProbe) error {
 	return do(ctx, s, "probe subflows", func() error {
-		if !s.handoverInUse() {
+		if !s.usesHandover {
 			return nil
 		}
 		now := s.now()

@@ -43,6 +43,7 @@ func (s *Service) Reload(ctx context.Context, cfg Config) error {
 			s.pol = pol
 			s.publishManager("Policy")
 		}
+		s.usesHandover = s.handoverInUse()
 		s.checkPathManager()
 		if old.NetworkManager != cfg.NetworkManager {
 			s.nmChanged() // updates and reconciles

@@ -130,10 +130,11 @@ type Service struct {
 
 	// Interface preferences and probes (handover.go), also owned by the
 	// loop but probeEvery, which the prober reads.
-	prefs      map[string]policy.Preference // set at run time
-	prefStore  Preferences
-	lastPrefs  map[string]string // InterfacePreferences as last published
-	probeEvery atomic.Int64      // ProbeInterval, in ns
+	prefs        map[string]policy.Preference // set at run time
+	prefStore    Preferences
+	lastPrefs    map[string]string // InterfacePreferences as last published
+	probeEvery   atomic.Int64      // ProbeInterval, in ns
+	usesHandover bool              // handoverInUse, as of the last start or reload
 
 	owner Owner    // Deps.Owner
 	rules sync.Map // token -> ruleChoice, for RuleOf off the loop
@@ -175,6 +176,7 @@ func New(cfg Config, d Deps) *Service {
 	if s.pol, _ = policy.New(cfg.Policy); s.pol == nil {
 		s.pol, _ = policy.New(PolicyNone) // Run reports the bad name
 	}
+	s.usesHandover = s.handoverInUse()
 	if s.setPM == nil {
 		s.setPM = pm.SetPathManagerType
 	}
