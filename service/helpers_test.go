@@ -48,7 +48,7 @@ type harness struct {
 	events chan pm.Event
 	net    chan NetEvent
 
-	log    *logBuffer
+	log    *pmtest.SyncBuffer
 	kernel Kernel           // what the service uses; h.k unless withKernelWrapper
 	tweak  []func(*Service) // applied before Run
 	wrap   func(*pmtest.FakeKernel) Kernel
@@ -94,24 +94,6 @@ func withLogLevel(l slog.Level) harnessOpt { return func(h *harness, _ *Config) 
 // withPM sets the path manager the namespace reports at first.
 func withPM(p string) harnessOpt { return func(h *harness, _ *Config) { h.pmType = p } }
 
-// logBuffer collects the service's log for tests that check it.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // newHarness starts a service; the test's cleanup stops it and checks that
 // Run returned nil.
 func newHarness(t *testing.T, opts ...harnessOpt) *harness {
@@ -124,7 +106,7 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 		events: make(chan pm.Event),
 		net:    make(chan NetEvent),
 		pmType: "userspace",
-		log:    &logBuffer{},
+		log:    &pmtest.SyncBuffer{},
 
 		logLevel: slog.LevelDebug,
 	}

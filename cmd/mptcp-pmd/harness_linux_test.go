@@ -123,24 +123,6 @@ func binDir(tb testing.TB) string {
 	return built.dir
 }
 
-// syncBuffer collects a process's output for concurrent readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // daemonSpec says how to run the daemon beyond the defaults.
 type daemonSpec struct {
 	// Args come after the defaults (--config EMPTY --policy none
@@ -156,7 +138,7 @@ type testDaemon struct {
 	host *pmtest.Host
 	bus  *dbustest.Bus
 	cmd  *exec.Cmd
-	log  *syncBuffer
+	log  *pmtest.SyncBuffer
 	done chan struct{} // closed when the process has exited
 	// conn is a client connection of the test on the daemon's bus.
 	conn *dbus.Conn
@@ -218,7 +200,7 @@ func startDaemon(tb testing.TB, h *pmtest.Host, bus *dbustest.Bus, args ...strin
 // launchDaemon is startDaemon with a full spec.
 func launchDaemon(tb testing.TB, h *pmtest.Host, bus *dbustest.Bus, spec daemonSpec) *testDaemon {
 	tb.Helper()
-	d := &testDaemon{host: h, bus: bus, log: &syncBuffer{}, done: make(chan struct{})}
+	d := &testDaemon{host: h, bus: bus, log: &pmtest.SyncBuffer{}, done: make(chan struct{})}
 	d.cmd = daemonCommand(context.Background(), tb, h, bus, spec)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	d.conn = bus.Dial(tb)
@@ -860,7 +842,7 @@ func sockKey(local, remote netip.AddrPort) string { return local.String() + " " 
 // ends.
 type background struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *pmtest.SyncBuffer
 	done chan struct{}
 }
 
@@ -868,7 +850,7 @@ type background struct {
 // (a program's "I am listening now" line).
 func startBackground(t *testing.T, cmd *exec.Cmd, marker string) *background {
 	t.Helper()
-	b := &background{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	b := &background{cmd: cmd, out: &pmtest.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = b.out, b.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", cmd.Path, err)

@@ -281,7 +281,7 @@ func startMptcpd(b *testing.B, h *pmtest.Host) int {
 	cmd := exec.Command("ip", "netns", "exec", h.Name, "/usr/libexec/mptcpd", "--plugin-dir="+mptcpdPluginDir,
 		"--path-manager=addr_adv", "--load-plugins=addr_adv", "--addr-flags=subflow",
 		"--notify-flags=existing,skip_link_local,skip_loopback", "--log=stderr")
-	var out syncBuffer
+	var out pmtest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		b.Fatalf("mptcpd: %v", err)

@@ -472,7 +472,7 @@ func (s *soak) startDaemon() {
 		"--config="+s.confPath, "--log-level", "debug", "--runtime-dir="+runtimeDir(t, s.cli))
 	cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+s.bus.Address())
 	cmd.Dir = built.root
-	d := &testDaemon{host: s.cli, cmd: cmd, log: &syncBuffer{}, done: make(chan struct{}), conn: s.conn}
+	d := &testDaemon{host: s.cli, cmd: cmd, log: &pmtest.SyncBuffer{}, done: make(chan struct{}), conn: s.conn}
 	cmd.Stdout, cmd.Stderr = d.log, d.log
 	if err := cmd.Start(); err != nil {
 		s.failf("start mptcp-pmd: %v", err)

@@ -437,7 +437,7 @@ func sdDir(tb testing.TB) string {
 // sdDaemon is the built daemon run by these tests.
 type sdDaemon struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *pmtest.SyncBuffer
 	done chan struct{}
 }
 
@@ -466,7 +466,7 @@ func sdCommand(tb testing.TB, h *pmtest.Host, bus *dbustest.Bus, wrap, env []str
 // the test, showing its output if the test failed.
 func sdStart(tb testing.TB, cmd *exec.Cmd) *sdDaemon {
 	tb.Helper()
-	d := &sdDaemon{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	d := &sdDaemon{cmd: cmd, out: &pmtest.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = d.out, d.out
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("start %v: %v", cmd.Args, err)
@@ -812,7 +812,7 @@ func TestJournald(t *testing.T) {
 	wrap := []string{"sh", "-c", `mount --bind "$0" /run && exec "$@"`, run}
 	cmd := sdCommand(t, lab.Client, bus, wrap, []string{fmt.Sprintf("JOURNAL_STREAM=%d:%d", st.Dev, st.Ino)},
 		"--policy=subflow-per-interface")
-	d := &sdDaemon{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	d := &sdDaemon{cmd: cmd, out: &pmtest.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = d.out, stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -65,7 +64,7 @@ func TestWatchNetworkManager(t *testing.T) {
 	lab := pmtest.NewLab(t, pmtest.LabOptions{Paths: 3})
 	cli := lab.Client
 	bus := dbustest.StartBus(t, dbustest.SystemDefaults(), nmtest.Policy())
-	var logs logBuffer
+	var logs pmtest.SyncBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	w := watch(t, bus, logger)
 
@@ -268,22 +267,4 @@ func waitEndpoint(t *testing.T, h *pmtest.Host, parts ...string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// logBuffer collects a logger's output for a test.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -1,7 +1,6 @@
 package nmmon
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -15,30 +14,13 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
+	"github.com/mptcp-pmd/mptcp-pmd/pm/pmtest"
 )
 
 // waitTimeout bounds every wait for a state.
 const waitTimeout = 5 * time.Second
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-// syncBuffer is a bytes.Buffer for a logger and a test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // fakeNM plays NetworkManager's bus API on a test bus, with replies the
 // test chooses, odd ones included. Each start is a new instance on a new
@@ -332,7 +314,7 @@ func TestWatchOddReplies(t *testing.T) {
 	nm.mu.Unlock()
 	nm.start()
 
-	var logs syncBuffer
+	var logs pmtest.SyncBuffer
 	w := startWatch(t, bus, slog.New(slog.NewTextHandler(&logs, nil)), defaultTiming)
 	s := next(t, w, waitTimeout, "running", func(s State) bool { return s.Running })
 	unknown := func(ifname string, metered Metered) Device {
@@ -406,7 +388,7 @@ func TestWatchTimeout(t *testing.T) {
 	nm.start()
 	tm := defaultTiming
 	tm.call, tm.retryMin, tm.retryMax = 100*time.Millisecond, 50*time.Millisecond, 200*time.Millisecond
-	var logs syncBuffer
+	var logs pmtest.SyncBuffer
 	w := startWatch(t, bus, slog.New(slog.NewTextHandler(&logs, nil)), tm)
 	next(t, w, waitTimeout, "running", func(s State) bool { return s.Running })
 
