@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -42,31 +43,33 @@ print("sent", flush=True)
 sys.stdin.read()
 `
 
-// TestStatistics: a program in a cgroup of the test's sends 4 MB over a
-// connection with two subflows; Connection.GetStatistics reports the bytes
-// per subflow adding up to what it sent (the peer acknowledged them all,
-// a little more for retransmissions), the program as the owner (process,
-// cgroup), and Manager.GetStatistics has the connection too.
-func TestStatistics(t *testing.T) {
-	const total = 4 << 20
-	s := newSetup(t, pmtest.LabOptions{Paths: 2, ClientPM: "userspace"})
-	cli, srv := s.lab.Client, s.lab.Server
-	d := startDaemon(t, cli, s.bus, "--policy", "subflow-per-interface")
+// cgroupClient is statsClient run in a cgroup of the test's.
+type cgroupClient struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  *bufio.Reader
+	cgroup string // its path in the hierarchy ("/mptcp-pmd-test-123")
+}
+
+// startCgroupClient makes the cgroup name under the cgroup v2 hierarchy
+// (removed when the test ends) and runs statsClient in it, in the lab's
+// client namespace, sending size bytes to server; it returns once the
+// client says it is connected.
+func startCgroupClient(t *testing.T, cli *pmtest.Host, name string, server netip.AddrPort, size int) *cgroupClient {
+	t.Helper()
 	pmtest.RequireProgram(t, pythonPath)
 	root := cgroup2Mount()
 	if root == "" {
 		pmtest.Unavailable(t, "no cgroup v2 hierarchy is mounted")
 	}
-	cg := filepath.Join(root, fmt.Sprintf("mptcp-pmd-test-%d", os.Getpid()))
+	cg := filepath.Join(root, name)
 	if err := os.Mkdir(cg, 0o755); err != nil {
 		pmtest.Unavailable(t, "cannot make a cgroup: %v", err)
 	}
 	t.Cleanup(func() { os.Remove(cg) })
-
-	server := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
 	// The shell moves itself into the cgroup, then becomes the client.
 	cmd := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec ip netns exec "$1" "$2" -c "$3" "$4" "$5" "$6" "$7"`,
-		cg, cli.Name, pythonPath, statsClient, cli.Addrs4[0].String(), server.Addr().String(), strconv.Itoa(int(server.Port())), strconv.Itoa(total))
+		cg, cli.Name, pythonPath, statsClient, cli.Addrs4[0].String(), server.Addr().String(), strconv.Itoa(int(server.Port())), strconv.Itoa(size))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -80,10 +83,33 @@ func TestStatistics(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
-	lines := bufio.NewReader(stdout)
-	if line, err := lines.ReadString('\n'); err != nil || strings.TrimSpace(line) != "connected" {
-		t.Fatalf("the client: %q, %v", line, err)
+	c := &cgroupClient{cmd: cmd, stdin: stdin, lines: bufio.NewReader(stdout), cgroup: strings.TrimPrefix(cg, root)}
+	c.expect(t, "connected")
+	return c
+}
+
+// expect reads the client's next line and fails the test unless it is
+// want.
+func (c *cgroupClient) expect(t *testing.T, want string) {
+	t.Helper()
+	if line, err := c.lines.ReadString('\n'); err != nil || strings.TrimSpace(line) != want {
+		t.Fatalf("the client: %q, %v; want %q", line, err, want)
 	}
+}
+
+// TestStatistics: a program in a cgroup of the test's sends 4 MB over a
+// connection with two subflows; Connection.GetStatistics reports the bytes
+// per subflow adding up to what it sent (the peer acknowledged them all,
+// a little more for retransmissions), the program as the owner (process,
+// cgroup), and Manager.GetStatistics has the connection too.
+func TestStatistics(t *testing.T) {
+	const total = 4 << 20
+	s := newSetup(t, pmtest.LabOptions{Paths: 2, ClientPM: "userspace"})
+	cli, srv := s.lab.Client, s.lab.Server
+	d := startDaemon(t, cli, s.bus, "--policy", "subflow-per-interface")
+	server := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
+	client := startCgroupClient(t, cli, fmt.Sprintf("mptcp-pmd-test-%d", os.Getpid()), server, total)
+	cmd := client.cmd
 	var path dbus.ObjectPath
 	eventually(t, 5*time.Second, "the connection object with its second subflow", func() bool {
 		for p, c := range d.managedObjects(t) {
@@ -94,12 +120,10 @@ func TestStatistics(t *testing.T) {
 		}
 		return false
 	})
-	if _, err := stdin.Write([]byte("go\n")); err != nil {
+	if _, err := client.stdin.Write([]byte("go\n")); err != nil {
 		t.Fatal(err)
 	}
-	if line, err := lines.ReadString('\n'); err != nil || strings.TrimSpace(line) != "sent" {
-		t.Fatalf("the client: %q, %v", line, err)
-	}
+	client.expect(t, "sent")
 	var st map[string]dbus.Variant
 	eventually(t, 10*time.Second, "every byte acknowledged on two subflows", func() bool {
 		if err := d.obj(path).Call(dbusapi.ConnectionInterface+".GetStatistics", 0).Store(&st); err != nil {
@@ -127,7 +151,7 @@ func TestStatistics(t *testing.T) {
 	if got := st["bytes_sent"].Value().(uint64); got < total || got > total+total/20 {
 		t.Errorf("bytes_sent %d, the program sent %d", got, total)
 	}
-	wantCgroup := strings.TrimPrefix(cg, root)
+	wantCgroup := client.cgroup
 	if st["cgroup"].Value() != wantCgroup || st["pid"].Value() != uint32(cmd.Process.Pid) || st["command"].Value() != "python3" {
 		t.Errorf("owner: cgroup %v (want %s), pid %v (want %d), command %v", st["cgroup"].Value(), wantCgroup,
 			st["pid"].Value(), cmd.Process.Pid, st["command"].Value())
@@ -277,16 +301,6 @@ func TestCounterIncreased(t *testing.T) {
 func TestRulesByPortAndCgroup(t *testing.T) {
 	s := newSetup(t, pmtest.LabOptions{Paths: 2, ClientPM: "userspace"})
 	cli, srv := s.lab.Client, s.lab.Server
-	pmtest.RequireProgram(t, pythonPath)
-	root := cgroup2Mount()
-	if root == "" {
-		pmtest.Unavailable(t, "no cgroup v2 hierarchy is mounted")
-	}
-	cg := filepath.Join(root, fmt.Sprintf("mptcp-pmd-rules-%d", os.Getpid()))
-	if err := os.Mkdir(cg, 0o755); err != nil {
-		pmtest.Unavailable(t, "cannot make a cgroup: %v", err)
-	}
-	t.Cleanup(func() { os.Remove(cg) })
 	quiet := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
 	other := srv.Serve(t, netip.AddrPortFrom(srv.Addrs4[0], 0))
 	d := startDaemon(t, cli, s.bus, "--policy", "subflow-per-interface", configArg(t, fmt.Sprintf(`
@@ -303,23 +317,7 @@ policy = "none"
 
 	byPort := dial(t, cli, cli.Addrs4[0], quiet)
 	plain := dial(t, cli, cli.Addrs4[0], other)
-	cmd := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec ip netns exec "$1" "$2" -c "$3" "$4" "$5" "$6" "$7"`,
-		cg, cli.Name, pythonPath, statsClient, cli.Addrs4[0].String(), other.Addr().String(), strconv.Itoa(int(other.Port())), "1000")
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || strings.TrimSpace(line) != "connected" {
-		t.Fatalf("the client: %q, %v", line, err)
-	}
+	startCgroupClient(t, cli, fmt.Sprintf("mptcp-pmd-rules-%d", os.Getpid()), other, 1000)
 	ports := map[uint16]string{
 		addrPort(t, byPort.LocalAddr()).Port(): "quiet-port",
 		addrPort(t, plain.LocalAddr()).Port():  "",
