@@ -356,7 +356,7 @@ func (s *Server) setInterfacePreference(msg dbus.Message, name, pref string) *db
 		return dbusError(fmt.Errorf("%w: %q is not a preference (cheap, expensive, backup, off, or \"\" for the default)",
 			service.ErrInvalidArguments, pref))
 	}
-	if name == "" || len(name) > 15 || strings.ContainsAny(name, "/: \t\n\x00") {
+	if !service.ValidInterfaceName(name) {
 		return dbusError(fmt.Errorf("%w: %q is not an interface name", service.ErrInvalidArguments, name))
 	}
 	c, derr := s.authorize(msg)

@@ -106,7 +106,7 @@ func (s *Service) loadPreferences() {
 	}
 	for name, word := range saved {
 		p, err := policy.ParsePreference(word)
-		if err != nil || p == policy.PreferUnset || !validIfname(name) {
+		if err != nil || p == policy.PreferUnset || !ValidInterfaceName(name) {
 			s.log.Warn("a saved interface preference is not valid: ignored", "interface", name, "preference", word)
 			continue
 		}
@@ -120,8 +120,9 @@ func (s *Service) loadPreferences() {
 	}
 }
 
-// validIfname reports whether name can be a Linux interface name.
-func validIfname(name string) bool {
+// ValidInterfaceName reports whether name can be a Linux interface name
+// (at most 15 bytes, no '/', ':', white space or NUL).
+func ValidInterfaceName(name string) bool {
 	return name != "" && len(name) < 16 && name != "." && name != ".." && !strings.ContainsAny(name, "/: \t\n\x00")
 }
 
@@ -138,7 +139,7 @@ func (s *Service) SetInterfacePreference(ctx context.Context, c Caller, name, pr
 	case err != nil:
 		return invalidf("%s: %q is not a preference (cheap, expensive, backup, off, or \"\" for the default)", op, pref)
 	}
-	if !validIfname(name) {
+	if !ValidInterfaceName(name) {
 		return invalidf("%s: %q is not an interface name", op, name)
 	}
 	return do(ctx, s, op, func() error {
