@@ -88,7 +88,7 @@ type wireConn struct {
 	raw     syscall.RawConn
 	serials serials
 
-	// Replies the server writes itself (GetManagedObjects): intercept
+	// Replies the server writes itself (rawReplyMethods): intercept
 	// marks such a call as wanting no reply, so that godbus makes none,
 	// and notes here that the server owes one.
 	rawReplies atomic.Bool // a server on this connection writes them
@@ -111,21 +111,23 @@ type replyKey struct {
 }
 
 // intercept runs in godbus's reader for every incoming message, before
-// the call is handled: a GetManagedObjects of the manager object that
-// wants a reply is marked as wanting none (godbus then makes none) and
+// the call is handled: a call of the manager object's rawReplyMethods
+// that wants a reply is marked as wanting none (godbus then makes none) and
 // noted as owed, for the server to answer itself (takeOwed). A call with
 // arguments is left to godbus, which refuses it.
 func (w *wireConn) intercept(msg *dbus.Message) {
 	if msg.Type != dbus.TypeMethodCall || msg.Flags&dbus.FlagNoReplyExpected != 0 || len(msg.Body) != 0 || !w.rawReplies.Load() {
 		return
 	}
-	if member, _ := msg.Headers[dbus.FieldMember].Value().(string); member != "GetManagedObjects" {
-		return
-	}
 	if path, _ := msg.Headers[dbus.FieldPath].Value().(dbus.ObjectPath); path != ManagerPath {
 		return
 	}
-	if iface, ok := msg.Headers[dbus.FieldInterface].Value().(string); ok && iface != objectManagerInterface {
+	member, _ := msg.Headers[dbus.FieldMember].Value().(string)
+	owner, ok := rawReplyMethods[member]
+	if !ok {
+		return
+	}
+	if iface, ok := msg.Headers[dbus.FieldInterface].Value().(string); ok && iface != owner {
 		return
 	}
 	sender, _ := msg.Headers[dbus.FieldSender].Value().(string)
@@ -149,6 +151,14 @@ func (w *wireConn) intercept(msg *dbus.Message) {
 	}
 	msg.Flags |= dbus.FlagNoReplyExpected
 	w.owed[replyKey{sender, msg.Serial()}] = now
+}
+
+// rawReplyMethods are the methods of the manager object whose replies
+// the server writes itself, by member, with their interface: replies
+// that grow with the number of connections.
+var rawReplyMethods = map[string]string{
+	"GetManagedObjects": objectManagerInterface,
+	"GetStatistics":     ManagerInterface,
 }
 
 // maxOwed bounds the replies owed at once.
@@ -250,61 +260,73 @@ func (w *wireConn) replyError(sender string, serial uint32, err error) error {
 	return err
 }
 
-// managedSignature is the signature of a GetManagedObjects reply.
-var managedSignature = []byte("a{oa{sa{sv}}}")
-
-// replyManaged writes the GetManagedObjects reply of cs to the call
-// (sender, serial), or an error reply if it cannot be encoded. The reply
-// is encoded in pieces of about writeBatch bytes, each as the socket has
-// taken the last, under one hold of the socket's write lock: the reply of
-// 10,000 connections is 9 MB, which a buffer of its own would add to the
+// replyArray writes a method reply whose body is one array of n entries
+// (signature sig) to the call (sender, serial), or an error reply if an
+// entry cannot be encoded. entry appends the i-th entry, which starts at
+// an 8-aligned offset (a dict entry or struct), so that its bytes do not
+// depend on where it is. The reply is encoded in pieces of about
+// writeBatch bytes, each as the socket has taken the last, under one hold
+// of the socket's write lock: the GetManagedObjects reply of 10,000
+// connections is 9 MB, which a buffer of its own would add to the
 // daemon's memory at every call. A first pass finds the body's length,
 // which the header gives, keeping nothing.
-func (w *wireConn) replyManaged(sender string, serial uint32, cs managedObjects) error {
-	var n int // bytes of the array's elements
-	var scratch, path []byte
-	for i := range cs {
+func (w *wireConn) replyArray(sender string, serial uint32, sig []byte, n int, entry func(e *encoder, i int)) error {
+	var size int // bytes of the array's elements
+	var scratch []byte
+	for i := range n {
 		e := encoder{b: scratch[:0]}
-		path = e.managedEntry(&cs[i], path)
+		entry(&e, i)
 		if e.err != nil {
 			return w.replyError(sender, serial, e.err)
 		}
-		n = (n+7)&^7 + len(e.b)
+		size = (size+7)&^7 + len(e.b)
 		scratch = e.b
 	}
-	if n > maxArrayBytes {
-		return w.replyError(sender, serial, fmt.Errorf("dbusapi: wire: an array of %d bytes", n))
+	if size > maxArrayBytes {
+		return w.replyError(sender, serial, fmt.Errorf("dbusapi: wire: an array of %d bytes", size))
 	}
 	e := encoder{b: make([]byte, 0, writeBatch+len(scratch))}
 	e.header(header{typ: dbus.TypeMethodReply, flags: dbus.FlagNoReplyExpected, serial: w.serials.GetSerial(),
-		replySerial: serial, destination: sender}, managedSignature)
+		replySerial: serial, destination: sender}, sig)
 	if e.err != nil {
 		return e.err
 	}
 	bodyAt := len(e.b)
-	e.u32(uint32(n))
+	e.u32(uint32(size))
 	e.align(8)
-	binary.LittleEndian.PutUint32(e.b[4:], uint32(len(e.b)-bodyAt+n))
+	binary.LittleEndian.PutUint32(e.b[4:], uint32(len(e.b)-bodyAt+size))
 
 	header := true
 	off := 0  // the message's bytes before e.b
-	next := 0 // the next connection to encode
+	next := 0 // the next entry to encode
 	return w.writeStream(func() []byte {
 		if header {
 			header = false
 			return e.b
 		}
-		if next == len(cs) {
+		if next == n {
 			return nil
 		}
 		off += len(e.b)
 		e.b, e.base = e.b[:0], -(off & 7) // aligned as in the message
-		for next < len(cs) && len(e.b) < writeBatch {
+		for next < n && len(e.b) < writeBatch {
 			e.align(8)
-			path = e.managedEntry(&cs[next], path)
+			entry(&e, next)
 			next++
 		}
 		return e.b
+	})
+}
+
+// managedSignature is the signature of a GetManagedObjects reply.
+var managedSignature = []byte("a{oa{sa{sv}}}")
+
+// replyManaged writes the GetManagedObjects reply of cs to the call
+// (sender, serial), as replyArray does.
+func (w *wireConn) replyManaged(sender string, serial uint32, cs managedObjects) error {
+	var path []byte
+	return w.replyArray(sender, serial, managedSignature, len(cs), func(e *encoder, i int) {
+		path = e.managedEntry(&cs[i], path)
 	})
 }
 

@@ -326,7 +326,8 @@ func (s *Server) guard(fn any) any {
 	for i := range out {
 		out[i] = ft.Out(i)
 	}
-	refuse := func(derr *dbus.Error) []reflect.Value {
+	refuse := func(msg dbus.Message, derr *dbus.Error) []reflect.Value {
+		s.forgetOwed(msg)
 		res := make([]reflect.Value, len(out))
 		for i, t := range out[:len(out)-1] {
 			res[i] = reflect.Zero(t)
@@ -338,7 +339,7 @@ func (s *Server) guard(fn any) any {
 		msg := args[0].Interface().(dbus.Message)
 		sender := msgSender(msg)
 		if !s.inFlight.acquire(sender) {
-			return refuse(dbusError(fmt.Errorf("%w: too many requests in flight from %s", service.ErrBusy, sender)))
+			return refuse(msg, dbusError(fmt.Errorf("%w: too many requests in flight from %s", service.ErrBusy, sender)))
 		}
 		defer s.inFlight.release(sender)
 		// A sender the bus cannot identify (it left, the bus does not
@@ -347,13 +348,13 @@ func (s *Server) guard(fn any) any {
 		if sender != "" {
 			if uid, err := s.inFlight.uids.lookup(s.ctx, sender); err == nil {
 				if !s.inFlight.acquireUID(uid) {
-					return refuse(dbusError(fmt.Errorf("%w: too many requests in flight from uid %d", service.ErrBusy, uid)))
+					return refuse(msg, dbusError(fmt.Errorf("%w: too many requests in flight from uid %d", service.ErrBusy, uid)))
 				}
 				defer s.inFlight.releaseUID(uid)
 			}
 		}
 		if got := msgSignature(msg); got != want {
-			return refuse(dbus.NewError(errorInvalidArgs, []any{fmt.Sprintf("arguments of type %q, want %q", got, want)}))
+			return refuse(msg, dbus.NewError(errorInvalidArgs, []any{fmt.Sprintf("arguments of type %q, want %q", got, want)}))
 		}
 		if takesMsg {
 			return fv.Call(args)
@@ -367,4 +368,13 @@ func (s *Server) guard(fn any) any {
 func msgSignature(msg dbus.Message) string {
 	sig, _ := msg.Headers[dbus.FieldSignature].Value().(dbus.Signature)
 	return sig.String()
+}
+
+// forgetOwed forgets that the server owes msg's reply (rawReplyMethods)
+// when the call is refused: godbus sends errors whatever the call's
+// flags, so the caller gets the refusal, and the entry would stay.
+func (s *Server) forgetOwed(msg dbus.Message) {
+	if w := s.em.wire; w != nil {
+		w.takeOwed(msgSender(msg), msg.Serial())
+	}
 }

@@ -1,8 +1,11 @@
 package dbusapi
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/godbus/dbus/v5"
@@ -125,26 +128,128 @@ func (s *Server) getConnectionStatistics(msg dbus.Message) (map[string]dbus.Vari
 }
 
 // getStatistics is Manager.GetStatistics: the statistics of every
-// connection, by object path.
+// connection, by object path, in the order of the objects' ids. On a
+// connection that Connect made the reply is written here, encoded
+// straight from the statistics (statsReply), as GetManagedObjects is:
+// through godbus the reply of 10,000 connections took 0.5 s to encode.
 func (s *Server) getStatistics(msg dbus.Message) (map[dbus.ObjectPath]map[string]dbus.Variant, *dbus.Error) {
 	if s.stats == nil {
-		return nil, dbusError(fmt.Errorf("%w: no statistics source", service.ErrNotSupported))
+		return nil, s.refused(msg, dbusError(fmt.Errorf("%w: no statistics source", service.ErrNotSupported)))
 	}
 	all, err := s.stats.Stats(nil, false)
 	if err != nil {
-		return nil, dbusError(fmt.Errorf("%w: statistics: %v", service.ErrFailed, err))
+		return nil, s.refused(msg, dbusError(fmt.Errorf("%w: statistics: %v", service.ErrFailed, err)))
 	}
 	s.mu.RLock()
-	paths := make(map[uint32]dbus.ObjectPath, len(s.conns))
+	out := make(statsReply, 0, len(all))
 	for id, c := range s.conns {
-		paths[c.Token] = ConnectionPath(id)
-	}
-	s.mu.RUnlock()
-	out := make(map[dbus.ObjectPath]map[string]dbus.Variant, len(all))
-	for tok, st := range all {
-		if p, ok := paths[tok]; ok {
-			out[p] = statsWire(st)
+		if st, ok := all[c.Token]; ok {
+			out = append(out, statsEntry{id: id, st: st})
 		}
 	}
-	return out, nil
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b statsEntry) int { return cmp.Compare(a.id, b.id) })
+	if w := s.em.wire; w != nil && w.takeOwed(msgSender(msg), msg.Serial()) {
+		var path []byte
+		if err := w.replyArray(msgSender(msg), msg.Serial(), statsSignature, len(out), func(e *encoder, i int) {
+			path = e.statsEntry(&out[i], path)
+		}); err != nil {
+			s.log.Warn("dbusapi: GetStatistics reply", "to", msgSender(msg), "err", err)
+		}
+		return nil, nil
+	}
+	return toGodbus([]any{out})[0].(map[dbus.ObjectPath]map[string]dbus.Variant), nil
+}
+
+// refused returns derr, for godbus to send (it sends errors whatever the
+// call's flags), having forgotten that the server owed the reply.
+func (s *Server) refused(msg dbus.Message, derr *dbus.Error) *dbus.Error {
+	s.forgetOwed(msg)
+	return derr
+}
+
+// statsSignature is the signature of a Manager.GetStatistics reply.
+var statsSignature = []byte("a{oa{sv}}")
+
+// statsReply is a Manager.GetStatistics reply's body (a{oa{sv}}): the
+// statistics of connection objects, by their ids.
+type statsReply []statsEntry
+
+type statsEntry struct {
+	id uint64
+	st ConnStats
+}
+
+// statsEntry appends the dict entry {oa{sv}} of x, which starts at an
+// 8-aligned offset. scratch is for the path; it is returned for reuse.
+func (e *encoder) statsEntry(x *statsEntry, scratch []byte) []byte {
+	scratch = strconv.AppendUint(append(scratch[:0], ConnectionsPath+"/"...), x.id, 10)
+	e.u32(uint32(len(scratch)))
+	e.b = append(e.b, scratch...)
+	e.b = append(e.b, 0)
+	e.connStats(&x.st)
+	return scratch
+}
+
+// connStats appends what statsWire(*c) would be (a{sv}).
+func (e *encoder) connStats(c *ConnStats) {
+	at, start := e.beginArray(8)
+	u64 := func(name string, v uint64) {
+		e.propHeader(name, "t")
+		e.u64(v)
+	}
+	u32 := func(name string, v uint32) {
+		e.propHeader(name, "u")
+		e.u32(v)
+	}
+	str := func(name, v string) {
+		e.propHeader(name, "s")
+		e.str(v)
+	}
+	u64("bytes_sent", c.BytesSent)
+	u64("bytes_received", c.BytesReceived)
+	u64("bytes_acked", c.BytesAcked)
+	u64("bytes_retransmitted", c.BytesRetrans)
+	u32("retransmissions", c.Retransmits)
+	u32("last_data_sent_ms", uint32(c.LastDataSent.Milliseconds()))
+	u32("last_data_recv_ms", uint32(c.LastDataRecv.Milliseconds()))
+	u32("last_ack_recv_ms", uint32(c.LastAckRecv.Milliseconds()))
+	u64("cgroup_id", c.CgroupID)
+	str("cgroup", c.Cgroup)
+	str("unit", c.Unit)
+	u32("uid", c.UID)
+	e.propHeader("subflows", "aa{sv}")
+	sat, sstart := e.beginArray(4)
+	for i := range c.Subflows {
+		sf := &c.Subflows[i]
+		fat, fstart := e.beginArray(8)
+		e.propHeader("local_address", "s")
+		e.addr(sf.Local.Addr())
+		e.propHeader("local_port", "q")
+		e.u16(sf.Local.Port())
+		e.propHeader("remote_address", "s")
+		e.addr(sf.Remote.Addr())
+		e.propHeader("remote_port", "q")
+		e.u16(sf.Remote.Port())
+		str("interface", sf.Interface)
+		e.propHeader("backup", "b")
+		e.boolean(sf.Backup)
+		u32("rtt_us", uint32(sf.RTT.Microseconds()))
+		u32("rtt_var_us", uint32(sf.RTTVar.Microseconds()))
+		u32("cwnd", sf.Cwnd)
+		u64("bytes_sent", sf.BytesSent)
+		u64("bytes_acked", sf.BytesAcked)
+		u64("bytes_received", sf.BytesReceived)
+		u64("bytes_retransmitted", sf.BytesRetrans)
+		u32("retransmissions", sf.Retransmits)
+		e.endArray(fat, fstart)
+	}
+	e.endArray(sat, sstart)
+	str("rule", c.Rule)
+	str("policy", c.Policy)
+	if c.PID != 0 {
+		u32("pid", uint32(c.PID))
+		str("command", c.Command)
+	}
+	e.endArray(at, start)
 }

@@ -1,7 +1,10 @@
 package dbusapi
 
 import (
+	"context"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/godbus/dbus/v5"
 )
@@ -42,6 +45,49 @@ func TestGetStatistics(t *testing.T) {
 	if err := h2.obj(ManagerPath).Call(ManagerInterface+".GetStatistics", 0).Err; errName(err) != ErrorFailed {
 		t.Errorf("GetStatistics with a failing source: %v, want Failed", err)
 	}
+}
+
+// TestGetStatisticsRefusedAnswers: a call whose reply the server writes
+// itself (GetStatistics, GetManagedObjects) and that is refused before
+// its method runs (a sender beyond its bound of calls in flight) gets
+// the refusal, and the server forgets the reply it owed.
+func TestGetStatisticsRefusedAnswers(t *testing.T) {
+	src := &blockingStats{entered: make(chan struct{}), release: make(chan struct{})}
+	h := newHarness(t, Options{MaxInFlight: 1, Stats: src}, withState)
+	first := h.obj(ManagerPath).Go(ManagerInterface+".GetStatistics", 0, nil)
+	<-src.entered
+	for _, method := range []string{ManagerInterface + ".GetStatistics", objectManagerInterface + ".GetManagedObjects"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		call := h.obj(ManagerPath).CallWithContext(ctx, method, 0)
+		cancel()
+		if errName(call.Err) != ErrorBusy {
+			t.Errorf("%s beyond the bound: %v, want Busy", method, call.Err)
+		}
+	}
+	close(src.release)
+	<-first.Done
+	var all map[dbus.ObjectPath]map[string]dbus.Variant
+	if err := first.Store(&all); err != nil || len(all) != 2 {
+		t.Errorf("the call in flight: %d objects, %v", len(all), err)
+	}
+	w := wireOf(h.srvConn)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.owed) != 0 {
+		t.Errorf("replies still owed: %v", w.owed)
+	}
+}
+
+// blockingStats gives fakeStats's statistics once release is closed.
+type blockingStats struct {
+	once             sync.Once
+	entered, release chan struct{}
+}
+
+func (b *blockingStats) Stats(tokens []uint32, owner bool) (map[uint32]ConnStats, error) {
+	b.once.Do(func() { close(b.entered) })
+	<-b.release
+	return fakeStats{}.Stats(tokens, owner)
 }
 
 // noStats fails.

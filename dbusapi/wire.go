@@ -333,6 +333,8 @@ func sigOf(v any) string {
 		return "a{ss}"
 	case map[string]dbus.Variant:
 		return "a{sv}"
+	case statsReply:
+		return "a{oa{sv}}"
 	case map[string]map[string]dbus.Variant:
 		return "a{sa{sv}}"
 	case map[dbus.ObjectPath]map[string]map[string]dbus.Variant, managedObjects:
@@ -424,6 +426,14 @@ func (e *encoder) value(v any) {
 		e.connObject(v.c)
 	case managedObjects:
 		e.managedObjects(v)
+	case statsReply:
+		at, start := e.beginArray(8)
+		var path []byte
+		for i := range v {
+			e.align(8)
+			path = e.statsEntry(&v[i], path)
+		}
+		e.endArray(at, start)
 	case endpointWire:
 		e.endpoint(v)
 	case []endpointWire:
@@ -545,6 +555,12 @@ func toGodbus(args []any) []any {
 			m := make(map[dbus.ObjectPath]map[string]map[string]dbus.Variant, len(a))
 			for _, c := range a {
 				m[ConnectionPath(c.ID)] = connectionObject(c)
+			}
+			v = m
+		case statsReply:
+			m := make(map[dbus.ObjectPath]map[string]dbus.Variant, len(a))
+			for _, x := range a {
+				m[ConnectionPath(x.id)] = statsWire(x.st)
 			}
 			v = m
 		default:

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/godbus/dbus/v5"
 
@@ -93,6 +94,10 @@ func wireCases() []struct {
 			[]any{managedObjects{c, {ID: 8}, {ID: 12345678901}}}},
 		{"GetManagedObjects reply, no connections", header{typ: dbus.TypeMethodReply, serial: 43, replySerial: 9, destination: ":1.42"},
 			[]any{managedObjects{}}},
+		{"GetStatistics reply", header{typ: dbus.TypeMethodReply, serial: 44, replySerial: 10, destination: ":1.42"},
+			[]any{statsReply{{id: 3, st: fullStats()}, {id: 7}, {id: 9, st: ConnStats{PID: 12, Command: "curl", Unit: "a.service"}}}}},
+		{"GetStatistics reply, no connections", header{typ: dbus.TypeMethodReply, serial: 44, replySerial: 10, destination: ":1.42"},
+			[]any{statsReply{}}},
 	}
 }
 
@@ -206,7 +211,9 @@ func FuzzWire(f *testing.F) {
 	f.Fuzz(func(t *testing.T, addr, iface, key string, id uint8, port uint16, n uint32, backup bool) {
 		args := []any{id, id, addr, port, addr, port, backup, iface,
 			map[string]dbus.Variant{key: dbus.MakeVariant(n), "S": dbus.MakeVariant([]subflowWire{{id, id, addr, port, iface, port, backup, iface}})},
-			connObject{&service.Connection{ID: uint64(n), State: key, Subflows: []service.Subflow{{LocalID: id, Interface: iface, LocalPort: port}}}}}
+			connObject{&service.Connection{ID: uint64(n), State: key, Subflows: []service.Subflow{{LocalID: id, Interface: iface, LocalPort: port}}}},
+			statsReply{{id: uint64(n), st: ConnStats{Cgroup: key, Unit: addr, PID: int(port), Command: iface, UID: n,
+				Subflows: []SubflowStats{{Interface: iface, Cwnd: n, Backup: backup}}}}}}
 		h := header{typ: dbus.TypeSignal, serial: n | 1, path: "/a", iface: "org.example.T", member: "M"}
 		b, err := appendMessage(nil, h, args...)
 		var godbusErr error
@@ -298,4 +305,18 @@ func TestVariantOf(t *testing.T) {
 func throughGodbus(t *testing.T, v any) any {
 	t.Helper()
 	return godbusMessage(t, header{typ: dbus.TypeSignal, serial: 1, path: "/a", iface: "org.example.T", member: "M"}, []any{v}).Body[0]
+}
+
+// fullStats is a connection's statistics with every field set.
+func fullStats() ConnStats {
+	sf := func(l, r string, backup bool) SubflowStats {
+		return SubflowStats{Local: netip.MustParseAddrPort(l), Remote: netip.MustParseAddrPort(r), Interface: "eth0", Backup: backup,
+			RTT: 1234 * time.Microsecond, RTTVar: 56 * time.Microsecond, Cwnd: 10,
+			BytesSent: 1 << 33, BytesAcked: 1<<33 - 5, BytesReceived: 77, BytesRetrans: 3, Retransmits: 2}
+	}
+	return ConnStats{BytesSent: 1 << 40, BytesReceived: 2, BytesAcked: 3, BytesRetrans: 4, Retransmits: 5,
+		LastDataSent: 6 * time.Millisecond, LastDataRecv: 7 * time.Millisecond, LastAckRecv: 8 * time.Millisecond,
+		CgroupID: 99, Cgroup: "/system.slice/x.service", Unit: "x.service", UID: 1000, PID: 4321, Command: "x",
+		Rule: "ssh", Policy: "none",
+		Subflows: []SubflowStats{sf("10.0.0.1:1000", "10.0.1.1:80", false), sf("[fd00::1]:1001", "[fd00::2]:80", true)}}
 }
