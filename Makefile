@@ -98,6 +98,7 @@ bench-handover: build
 # a Peer.Ping round trip (a minute; root, MPTCP and dbus-daemon).
 bench-stats: build
 	$(GO) test -run '^$$' -bench 'BenchmarkStatistics10000' -benchtime 3x -count=1 ./cmd/mptcp-pmd
+	$(GO) test -run '^$$' -bench 'BenchmarkStatisticsLoad' -benchtime 1x -count=1 -v ./cmd/mptcp-pmd
 
 # The chaos soak: a seeded random sequence of steps (connection churn,
 # addresses, carrier, routes, a controller killed, the daemon killed, the

@@ -78,12 +78,7 @@ func BenchmarkLab(b *testing.B) {
 	}
 	const pace = 2 * time.Millisecond
 
-	newMode := func(name, clientPM string) *labMode {
-		lab := pmtest.NewLab(b, pmtest.LabOptions{Paths: 3, ClientPM: clientPM})
-		m := &labMode{name: name, lab: lab, kev: listenKernel(b, lab.Client)}
-		m.server = lab.Server.Serve(b, netip.AddrPortFrom(lab.Server.Addrs4[0], 0))
-		return m
-	}
+	newMode := func(name, clientPM string) *labMode { return newLabMode(b, name, clientPM) }
 	kernel := newMode("kernel", "kernel")
 	for i, a := range kernel.lab.Client.Addrs4 {
 		kernel.lab.Client.Run(b, "ip", "mptcp", "endpoint", "add", a.String(), "dev", kernel.lab.Client.Ifaces[i], "subflow")
@@ -152,11 +147,7 @@ func BenchmarkLab(b *testing.B) {
 		cpu, runs := cpuTime(b, m.pid, m.tid)
 		m.cpu, m.runs, m.events = m.cpu+cpu, m.runs+runs, m.events+len(m.kev.events())
 	}
-	q := func(d []time.Duration, p float64) float64 {
-		s := slices.Clone(d)
-		slices.Sort(s)
-		return us(s[min(int(p*float64(len(s))), len(s)-1)])
-	}
+	q := quantileUS
 	var table strings.Builder
 	fmt.Fprintf(&table, "%d connections per mode; µs from ESTABLISHED, and ratios to the floor and the kernel\n", conns)
 	fmt.Fprintf(&table, "%-22s %9s %9s %9s %9s  %s\n", "mode", "1st p50", "1st p99", "both p50", "both p99",
@@ -187,6 +178,22 @@ func BenchmarkLab(b *testing.B) {
 		b.ReportMetric(per, strings.ReplaceAll(m.name, " ", "-")+"-cpu-per-event-µs")
 	}
 	b.Log("\n" + table.String())
+}
+
+// newLabMode makes a mode's lab (three paths, the client's path manager
+// clientPM), its listener of the client's events, and its server.
+func newLabMode(b *testing.B, name, clientPM string) *labMode {
+	lab := pmtest.NewLab(b, pmtest.LabOptions{Paths: 3, ClientPM: clientPM})
+	m := &labMode{name: name, lab: lab, kev: listenKernel(b, lab.Client)}
+	m.server = lab.Server.Serve(b, netip.AddrPortFrom(lab.Server.Addrs4[0], 0))
+	return m
+}
+
+// quantileUS returns the p quantile of d in µs.
+func quantileUS(d []time.Duration, p float64) float64 {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return us(s[min(int(p*float64(len(s))), len(s)-1)])
 }
 
 // connect opens a connection in the mode's lab, waits for its two extra
@@ -741,11 +748,19 @@ func (m *burstMode) burst(b *testing.B, what string, n, dialers int, timeout tim
 }
 
 // rawManagedObjects calls GetManagedObjects of the daemon on the bus at
-// address as a client that only reads the reply: it returns the time from
-// sending the call to the reply's last byte, and the reply's size. It
-// measures the daemon and the bus, not a client library's decoding (a
-// godbus client spends most of its time there at 10,000 connections).
+// address as rawCall does.
 func rawManagedObjects(tb testing.TB, address string) (time.Duration, int) {
+	tb.Helper()
+	return rawCall(tb, address, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects")
+}
+
+// rawCall calls a method without arguments of the daemon's manager object
+// on the bus at address as a client that only reads the reply: it returns
+// the time from sending the call to the reply's last byte, and the
+// reply's size. It measures the daemon and the bus, not a client
+// library's decoding (a godbus client spends most of its time there at
+// 10,000 connections).
+func rawCall(tb testing.TB, address, iface, member string) (time.Duration, int) {
 	tb.Helper()
 	path, ok := strings.CutPrefix(address, "unix:path=")
 	if !ok {
@@ -810,7 +825,7 @@ func rawManagedObjects(tb testing.TB, address string) (time.Duration, int) {
 	call(1, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "Hello")
 	reply(1)
 	t0 := time.Now()
-	call(2, dbusapi.BusName, dbusapi.ManagerPath, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects")
+	call(2, dbusapi.BusName, dbusapi.ManagerPath, iface, member)
 	n := reply(2)
 	return time.Since(t0), n
 }

@@ -180,9 +180,10 @@ func TestStatistics(t *testing.T) {
 }
 
 // BenchmarkStatistics10000 measures Manager.GetStatistics with 10000 live
-// connections, read by a godbus client that decodes the reply, and the
-// daemon's own share (its CPU time per call); interleaved with a
-// Peer.Ping round trip as the baseline.
+// connections, read by a godbus client that decodes the reply (ms/call)
+// and by a client that only reads it (raw-ms/call: the daemon and the
+// bus), and the daemon's own share (its CPU time per godbus call);
+// interleaved with a Peer.Ping round trip as the baseline.
 func BenchmarkStatistics10000(b *testing.B) {
 	const n = 10000
 	lab := pmtest.NewLab(b, pmtest.LabOptions{Paths: 1})
@@ -190,14 +191,22 @@ func BenchmarkStatistics10000(b *testing.B) {
 	openHeld(b, lab, n)
 	d := startDaemon(b, lab.Client, bus)
 	eventually(b, 30*time.Second, "every connection object", func() bool { return len(d.objectTokens(b)) == n })
-	var call, ping, cpu time.Duration
+	var call, raw, ping, cpu time.Duration
+	var size int
 	b.ResetTimer()
 	for range b.N {
+		// Each call lists the sockets anew: the daemon shares a listing
+		// between the calls of statsMaxAge.
+		time.Sleep(statsMaxAge)
+		r, sz := rawCall(b, bus.Address(), dbusapi.ManagerInterface, "GetStatistics")
+		raw += r
+		size = sz
 		t0 := time.Now()
 		if err := d.conn.Object(dbusapi.BusName, "/").Call("org.freedesktop.DBus.Peer.Ping", 0).Err; err != nil {
 			b.Fatal(err)
 		}
 		ping += time.Since(t0)
+		time.Sleep(statsMaxAge)
 		c0 := procCPU(b, d.pid())
 		t1 := time.Now()
 		var all map[dbus.ObjectPath]map[string]dbus.Variant
@@ -211,6 +220,8 @@ func BenchmarkStatistics10000(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(call.Milliseconds())/float64(b.N), "ms/call")
+	b.ReportMetric(float64(raw.Milliseconds())/float64(b.N), "raw-ms/call")
+	b.ReportMetric(float64(size)/1e6, "reply-MB")
 	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "daemon-cpu-ms/call")
 	b.ReportMetric(float64(call)/float64(ping), "call/ping")
 }
@@ -353,4 +364,98 @@ policy = "none"
 			t.Errorf("connection from port %d: statistics say rule %v, want %q", c.LocalPort, st["rule"].Value(), want)
 		}
 	}
+}
+
+// BenchmarkStatisticsLoad measures whether statistics calls slow the
+// reaction path: two labs run the subflow-per-interface daemon, each with
+// STATS_HELD (default 2000) live connections; in one ("polled") a client
+// calls Manager.GetStatistics every STATS_INTERVAL (default 1 s, the rate
+// of mptcpctl top; 1ms makes it call back to back), reading the replies
+// without decoding them. New connections are interleaved between the labs
+// one by one, as in BenchmarkLab (LAB_CONNS per lab, default 600). It
+// reports, per lab, the median and 99th percentile from ESTABLISHED to
+// the first and to both extra subflows, and the polled lab's as ratios to
+// the other's.
+func BenchmarkStatisticsLoad(b *testing.B) {
+	conns, held, interval := 600, 2000, time.Second
+	if v, err := strconv.Atoi(os.Getenv("LAB_CONNS")); err == nil && v > 0 {
+		conns = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("STATS_HELD")); err == nil && v >= 0 {
+		held = v
+	}
+	if v, err := time.ParseDuration(os.Getenv("STATS_INTERVAL")); err == nil && v > 0 {
+		interval = v
+	}
+	var modes []*labMode
+	var buses []*dbustest.Bus
+	for _, name := range []string{"quiet", "polled"} {
+		m := newLabMode(b, name, "userspace")
+		openHeld(b, m.lab, held)
+		bus := dbustest.StartBus(b, dbustest.SystemDefaults())
+		d := startDaemon(b, m.lab.Client, bus, "--policy", "subflow-per-interface", "--log-level", "warn")
+		eventually(b, 60*time.Second, name+": every held connection's object", func() bool { return len(d.objectTokens(b)) == held })
+		m.pid = d.pid()
+		modes, buses = append(modes, m), append(buses, bus)
+
+	}
+	stop := make(chan struct{})
+	var calls int
+	var callTime time.Duration
+	var size int
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			d, n := rawCall(b, buses[1].Address(), dbusapi.ManagerInterface, "GetStatistics")
+			calls, callTime, size = calls+1, callTime+d, n
+		}
+	}()
+	for b.Loop() {
+		for i := range conns {
+			for j := range modes {
+				m := modes[(i+j)%len(modes)]
+				first, both := m.connect(b, i)
+				m.first, m.both = append(m.first, first), append(m.both, both)
+				time.Sleep(2 * time.Millisecond)
+			}
+		}
+	}
+	close(stop)
+	<-done
+	if calls == 0 {
+		b.Fatal("no statistics call was made")
+	}
+	quiet, polled := modes[0], modes[1]
+	var table strings.Builder
+	fmt.Fprintf(&table, "%d connections per lab beside %d live ones; %d GetStatistics calls to the polled daemon (every %v), %.1f ms and %.2f MB each\n",
+		conns, held, calls, interval, float64(callTime.Microseconds())/1000/float64(calls), float64(size)/1e6)
+	fmt.Fprintf(&table, "%-8s %9s %9s %9s %9s\n", "lab", "1st p50", "1st p99", "both p50", "both p99")
+	for _, m := range modes {
+		fmt.Fprintf(&table, "%-8s %9.0f %9.0f %9.0f %9.0f\n", m.name,
+			quantileUS(m.first, .5), quantileUS(m.first, .99), quantileUS(m.both, .5), quantileUS(m.both, .99))
+	}
+	for _, x := range []struct {
+		name string
+		p    float64
+		f    func(*labMode) []time.Duration
+	}{
+		{"first-p50", .5, func(m *labMode) []time.Duration { return m.first }},
+		{"first-p99", .99, func(m *labMode) []time.Duration { return m.first }},
+		{"both-p50", .5, func(m *labMode) []time.Duration { return m.both }},
+		{"both-p99", .99, func(m *labMode) []time.Duration { return m.both }},
+	} {
+		r := quantileUS(x.f(polled), x.p) / quantileUS(x.f(quiet), x.p)
+		fmt.Fprintf(&table, "polled/quiet %s: %.2f\n", x.name, r)
+		b.ReportMetric(r, "polled/quiet-"+x.name)
+	}
+	b.ReportMetric(float64(calls), "stats-calls")
+	b.Log("\n" + table.String())
 }
