@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
 
 // DefaultSignalQueue is how many signals other than PropertiesChanged may
@@ -51,6 +53,9 @@ type emitter struct {
 	unsent  atomic.Int64                            // queued, not yet sent (flush)
 	busy    atomic.Int64                            // UnixNano when the send under way began; 0 when idle
 	onSent  func(path dbus.ObjectPath, name string) // tests: after each send
+	// lookup returns a connection of the mirror, for changedConn's
+	// signals.
+	lookup func(id uint64) (service.Connection, bool)
 }
 
 // propKey identifies the PropertiesChanged of an object's interface.
@@ -67,9 +72,17 @@ type outgoing struct {
 	changed map[string]dbus.Variant // PropertiesChanged: the changed properties, merged
 	iface   string                  // PropertiesChanged: the interface
 	call    func()                  // a call to make instead of a signal (Release)
+	// A connection's PropertiesChanged (changedConn): the connection and
+	// its changed properties, merged; the values are the mirror's when
+	// the signal is sent.
+	conn uint64
+	mask connPropMask
+	// A subflow signal (subflowSignal): its body.
+	sub   subflowSig
+	isSub bool
 }
 
-func newEmitter(conn *dbus.Conn, log *slog.Logger, max int) *emitter {
+func newEmitter(conn *dbus.Conn, log *slog.Logger, max int, lookup func(id uint64) (service.Connection, bool)) *emitter {
 	if max <= 0 {
 		max = DefaultSignalQueue
 	}
@@ -82,6 +95,7 @@ func newEmitter(conn *dbus.Conn, log *slog.Logger, max int) *emitter {
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		stopped: make(chan struct{}),
+		lookup:  lookup,
 	}
 	go e.run()
 	return e
@@ -90,6 +104,12 @@ func newEmitter(conn *dbus.Conn, log *slog.Logger, max int) *emitter {
 // signal queues a signal; it never blocks.
 func (e *emitter) signal(path dbus.ObjectPath, name string, args ...any) {
 	e.push(outgoing{path: path, name: name, args: args})
+}
+
+// subflowSignal queues the subflow signal name with body x; it never
+// blocks, and allocates nothing.
+func (e *emitter) subflowSignal(path dbus.ObjectPath, name string, x subflowSig) {
+	e.push(outgoing{path: path, name: name, sub: x, isSub: true})
 }
 
 // call queues a call (a method call without reply) to make in order with
@@ -115,6 +135,27 @@ func (e *emitter) changed(path dbus.ObjectPath, iface string, props map[string]d
 	}
 	e.waiting[propKey{path, iface}] = len(e.queue)
 	e.queue = append(e.queue, outgoing{path: path, name: propertiesChanged, iface: iface, changed: props})
+	e.unsent.Add(1)
+	e.kick()
+}
+
+// changedConn queues a PropertiesChanged of the properties in mask of
+// connection id's object at path, merged into one that still waits. The
+// signal carries the values the mirror has when it is sent (lookup), the
+// newest, as a merge would; it is not sent if the connection is gone by
+// then (its InterfacesRemoved follows). Queueing allocates nothing.
+func (e *emitter) changedConn(path dbus.ObjectPath, id uint64, mask connPropMask) {
+	if mask == 0 {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if i, ok := e.waiting[propKey{path, ConnectionInterface}]; ok {
+		e.queue[i].mask |= mask
+		return
+	}
+	e.waiting[propKey{path, ConnectionInterface}] = len(e.queue)
+	e.queue = append(e.queue, outgoing{path: path, name: propertiesChanged, iface: ConnectionInterface, conn: id, mask: mask})
 	e.unsent.Add(1)
 	e.kick()
 }
@@ -240,13 +281,26 @@ func (e *emitter) send(o *outgoing) {
 		e.unsent.Add(-1)
 		return
 	}
+	var c service.Connection
+	if o.mask != 0 {
+		var ok bool
+		if c, ok = e.lookup(o.conn); !ok {
+			e.done1(o) // gone: its InterfacesRemoved follows
+			return
+		}
+	}
 	if e.wire != nil {
 		iface, member := splitName(o.name)
 		h := header{typ: dbus.TypeSignal, serial: e.wire.serials.GetSerial(), path: o.path, iface: iface, member: member}
 		var err error
-		if o.changed != nil {
+		switch {
+		case o.isSub:
+			e.buf, err = appendSubflowSignal(e.buf, h, &o.sub)
+		case o.mask != 0:
+			e.buf, err = appendConnChanged(e.buf, h, &c, o.mask)
+		case o.changed != nil:
 			e.buf, err = appendPropertiesChanged(e.buf, h, o.iface, o.changed)
-		} else {
+		default:
 			e.buf, err = appendMessage(e.buf, h, o.args...)
 		}
 		if err == nil {
@@ -264,7 +318,12 @@ func (e *emitter) send(o *outgoing) {
 		e.write() // in order
 	}
 	args := o.args
-	if o.changed != nil {
+	switch {
+	case o.isSub:
+		args = o.sub.args()
+	case o.mask != 0:
+		args = []any{o.iface, connectionPropsNamed(c, o.mask.names()), []string{}}
+	case o.changed != nil:
 		args = []any{o.iface, o.changed, []string{}}
 	}
 	e.busy.Store(time.Now().UnixNano())

@@ -9,6 +9,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/mptcp-pmd/mptcp-pmd/dbusapi/dbustest"
+	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
 
 // blockedEmitter returns an emitter on a real bus whose first send blocks
@@ -29,7 +30,7 @@ func blockedEmitter(t *testing.T, max int, wire bool) (e *emitter, release func(
 		t.Fatal(err)
 	}
 	gate := make(chan struct{})
-	e = newEmitter(conn, slog.New(slog.DiscardHandler), max)
+	e = newEmitter(conn, slog.New(slog.DiscardHandler), max, nil)
 	if (e.wire != nil) != wire {
 		t.Fatalf("emitter writes itself: %v, want %v", e.wire != nil, wire)
 	}
@@ -128,6 +129,56 @@ func testEmitterNeverBlocksAndMerges(t *testing.T, wire bool) {
 			t.Errorf("more signals than queued: %s %s", s.Path, s.Name)
 		}
 	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func TestEmitterConnectionChanges(t *testing.T) { bothPaths(t, testEmitterConnectionChanges) }
+
+// testEmitterConnectionChanges: a connection's property changes that wait
+// are merged into one PropertiesChanged, with the values the mirror has
+// when it is sent; one of a connection gone by then is not sent.
+func testEmitterConnectionChanges(t *testing.T, wire bool) {
+	e, release, ch := blockedEmitter(t, 8, wire)
+	var mu sync.Mutex
+	mirror := map[uint64]service.Connection{1: conn1, 2: conn2}
+	e.lookup = func(id uint64) (service.Connection, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		c, ok := mirror[id]
+		return c, ok
+	}
+	e.signal("/a", "org.example.T.First") // taken by the sender, which then blocks
+	for e.stalled() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	e.changedConn(ConnectionPath(1), 1, connPropsMask([]string{"State"}))
+	e.changedConn(ConnectionPath(2), 2, connPropsMask([]string{"State"}))
+	e.changedConn(ConnectionPath(1), 1, connPropsMask([]string{"Subflows"}))
+	e.signal(ManagerPath, objectManagerInterface+".InterfacesRemoved")
+	mu.Lock()
+	newer := conn1
+	newer.State = "closing-test"
+	newer.Subflows = newer.Subflows[:1]
+	mirror[1] = newer
+	delete(mirror, 2)
+	mu.Unlock()
+	release()
+	if s := nextSignal(t, ch); s.Name != "org.example.T.First" {
+		t.Fatalf("first signal %s", s.Name)
+	}
+	s := nextSignal(t, ch)
+	if s.Path != ConnectionPath(1) || s.Name != propertiesChanged {
+		t.Fatalf("second signal %s %s, want connection 1's PropertiesChanged", s.Path, s.Name)
+	}
+	changed := s.Body[1].(map[string]dbus.Variant)
+	if len(changed) != 2 || changed["State"].Value() != "closing-test" || len(changed["Subflows"].Value().([][]any)) != 1 {
+		t.Errorf("merged PropertiesChanged: %v, want State and Subflows as the mirror has them at the send", changed)
+	}
+	if s := nextSignal(t, ch); s.Name != objectManagerInterface+".InterfacesRemoved" {
+		t.Errorf("third signal %s %s, want InterfacesRemoved (nothing for the connection gone)", s.Path, s.Name)
+	}
+	if !e.flush(5 * time.Second) {
+		t.Fatal("flush timed out")
 	}
 }
 

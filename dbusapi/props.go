@@ -70,6 +70,39 @@ func managerProps(m service.Manager) map[string]dbus.Variant {
 var connectionPropNames = []string{"Token", "ServerSide", "State", "LocalAddress", "LocalPort", "RemoteAddress",
 	"RemotePort", "DenyJoinId0", "Subflows", "RemoteAddresses", "AnnouncedAddresses"}
 
+// connPropMask is a set of the Connection interface's properties: bit i
+// is connectionPropNames[i].
+type connPropMask uint16
+
+// allConnProps has every property of the Connection interface.
+var allConnProps = connPropMask(1)<<len(connectionPropNames) - 1
+
+// connPropsMask returns the set of the named properties; names it does not
+// know are left out.
+func connPropsMask(names []string) connPropMask {
+	var m connPropMask
+	for _, n := range names {
+		for i, p := range connectionPropNames {
+			if p == n {
+				m |= 1 << i
+				break
+			}
+		}
+	}
+	return m
+}
+
+// names returns the properties of m, in the order of connectionPropNames.
+func (m connPropMask) names() []string {
+	var out []string
+	for i, p := range connectionPropNames {
+		if m&(1<<i) != 0 {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // connectionProps returns every property of the Connection interface.
 func connectionProps(c service.Connection) map[string]dbus.Variant {
 	return connectionPropsNamed(c, connectionPropNames)

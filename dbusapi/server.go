@@ -156,7 +156,7 @@ func New(conn *dbus.Conn, b Backend, opts Options) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.em = newEmitter(conn, s.log, opts.SignalQueue)
+	s.em = newEmitter(conn, s.log, opts.SignalQueue, s.mirrored)
 	if s.em.wire != nil {
 		s.em.wire.rawReplies.Store(true)
 	}
@@ -390,7 +390,7 @@ func (s *Server) Publish(n service.Notification) {
 			s.emit(ManagerPath, objectManagerInterface+".InterfacesAdded", s.pathOf(c.ID), connObject{&c})
 			return
 		}
-		s.emitChanged(s.pathOf(c.ID), ConnectionInterface, connectionPropsNamed(c, n.Changed))
+		s.em.changedConn(s.pathOf(c.ID), c.ID, connPropsMask(n.Changed))
 	case service.ConnectionRemoved:
 		s.mu.Lock()
 		_, known := s.conns[n.Connection.ID]
@@ -414,13 +414,11 @@ func (s *Server) Publish(n service.Notification) {
 			s.log.Warn("dbusapi: unknown subflow event kind", "kind", n.Kind)
 			return
 		}
-		sf := n.Subflow
-		args := []any{sf.LocalID, sf.RemoteID, addrString(sf.LocalAddress), sf.LocalPort,
-			addrString(sf.RemoteAddress), sf.RemotePort, sf.Backup, sf.Interface}
-		if n.Kind == service.SubflowClosed {
-			args = append(args, n.Error, n.ResetReason)
+		if !s.known(n.ConnectionID, name) {
+			return
 		}
-		s.emitOnConnection(n.ConnectionID, name, args...)
+		s.em.subflowSignal(s.pathOf(n.ConnectionID), name, subflowSig{sf: n.Subflow,
+			closed: n.Kind == service.SubflowClosed, errno: n.Error, reason: n.ResetReason})
 	case service.AddressAnnounced:
 		s.emitOnConnection(n.ConnectionID, ConnectionInterface+".AddressAnnounced",
 			n.Address.ID, addrString(n.Address.Address), n.Address.Port)
@@ -446,14 +444,21 @@ func (s *Server) connectionAdded(c service.Connection) {
 // emitOnConnection emits the signal name (interface and member) on the
 // object of connection id, if it is known. s.pubMu must be held.
 func (s *Server) emitOnConnection(id uint64, name string, args ...any) {
+	if s.known(id, name) {
+		s.emit(s.pathOf(id), name, args...)
+	}
+}
+
+// known reports whether the clients know connection id's object, for its
+// signal name.
+func (s *Server) known(id uint64, name string) bool {
 	s.mu.RLock()
 	_, known := s.conns[id]
 	s.mu.RUnlock()
 	if !known {
 		s.log.Debug("dbusapi: signal for an unknown connection dropped", "connection", id, "signal", name)
-		return
 	}
-	s.emit(s.pathOf(id), name, args...)
+	return known
 }
 
 func (s *Server) emitChanged(path dbus.ObjectPath, iface string, changed map[string]dbus.Variant) {
@@ -536,6 +541,14 @@ func (s *Server) propsOf(path dbus.ObjectPath) (string, map[string]dbus.Variant,
 		return "", nil, err
 	}
 	return ConnectionInterface, connectionProps(c), nil
+}
+
+// mirrored returns the mirror's connection id.
+func (s *Server) mirrored(id uint64) (service.Connection, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c, ok := s.conns[id]
+	return c, ok
 }
 
 // connection returns the mirrored connection of an object path.

@@ -117,6 +117,78 @@ func appendPropertiesChanged(b []byte, h header, iface string, changed map[strin
 	return e.b, nil
 }
 
+// appendConnChanged is appendPropertiesChanged of the Connection
+// interface's properties of c in mask, encoded straight from c.
+func appendConnChanged(b []byte, h header, c *service.Connection, mask connPropMask) ([]byte, error) {
+	e := encoder{b: b, base: len(b)}
+	e.header(h, propertiesChangedSignature)
+	body := len(e.b)
+	e.str(ConnectionInterface)
+	e.connProps(c, mask)
+	e.u32(0) // as: an empty array, its elements 4-aligned, with no padding
+	if e.err != nil {
+		return b[:e.base], e.err
+	}
+	binary.LittleEndian.PutUint32(e.b[e.base+4:], uint32(len(e.b)-body))
+	return e.b, nil
+}
+
+// subflowSig is the body of a subflow signal (SubflowEstablished,
+// SubflowClosed, SubflowPriorityChanged), queued and encoded without
+// boxing its values.
+type subflowSig struct {
+	sf            service.Subflow
+	closed        bool   // SubflowClosed: errno and reason follow
+	errno, reason uint32 // SubflowClosed
+}
+
+// Signatures of the subflow signals.
+var (
+	subflowSignature       = []byte("yysqsqbs")
+	subflowClosedSignature = []byte("yysqsqbsuu")
+)
+
+// args returns x as the arguments godbus sends.
+func (x *subflowSig) args() []any {
+	sf := &x.sf
+	args := []any{sf.LocalID, sf.RemoteID, addrString(sf.LocalAddress), sf.LocalPort,
+		addrString(sf.RemoteAddress), sf.RemotePort, sf.Backup, sf.Interface}
+	if x.closed {
+		args = append(args, x.errno, x.reason)
+	}
+	return args
+}
+
+// appendSubflowSignal appends the signal with header h and body x to b,
+// as appendMessage(b, h, x.args()...) would.
+func appendSubflowSignal(b []byte, h header, x *subflowSig) ([]byte, error) {
+	e := encoder{b: b, base: len(b)}
+	if x.closed {
+		e.header(h, subflowClosedSignature)
+	} else {
+		e.header(h, subflowSignature)
+	}
+	body := len(e.b)
+	sf := &x.sf
+	e.u8(sf.LocalID)
+	e.u8(sf.RemoteID)
+	e.addr(sf.LocalAddress)
+	e.u16(sf.LocalPort)
+	e.addr(sf.RemoteAddress)
+	e.u16(sf.RemotePort)
+	e.boolean(sf.Backup)
+	e.str(sf.Interface)
+	if x.closed {
+		e.u32(x.errno)
+		e.u32(x.reason)
+	}
+	if e.err != nil {
+		return b[:e.base], e.err
+	}
+	binary.LittleEndian.PutUint32(e.b[e.base+4:], uint32(len(e.b)-body))
+	return e.b, nil
+}
+
 // header appends a message's header with signature sig and a body
 // length of 0, which the caller sets (setBodyLength), and the padding to
 // the body.
@@ -600,48 +672,73 @@ func (e *encoder) connObject(c *service.Connection) {
 	at, start := e.beginArray(8)
 	e.align(8)
 	e.str(ConnectionInterface)
-	pat, pstart := e.beginArray(8)
-	e.propHeader("Token", "u")
-	e.u32(c.Token)
-	e.propHeader("ServerSide", "b")
-	e.boolean(c.ServerSide)
-	e.propHeader("State", "s")
-	e.str(c.State)
-	e.propHeader("LocalAddress", "s")
-	e.addr(c.LocalAddress)
-	e.propHeader("LocalPort", "q")
-	e.u16(c.LocalPort)
-	e.propHeader("RemoteAddress", "s")
-	e.addr(c.RemoteAddress)
-	e.propHeader("RemotePort", "q")
-	e.u16(c.RemotePort)
-	e.propHeader("DenyJoinId0", "b")
-	e.boolean(c.DenyJoinID0)
-	e.propHeader("Subflows", "a(yysqsqbs)")
-	sat, sstart := e.beginArray(8)
-	for i := range c.Subflows {
-		s := &c.Subflows[i]
-		e.align(8)
-		e.u8(s.LocalID)
-		e.u8(s.RemoteID)
-		e.addr(s.LocalAddress)
-		e.u16(s.LocalPort)
-		e.addr(s.RemoteAddress)
-		e.u16(s.RemotePort)
-		e.boolean(s.Backup)
-		e.str(s.Interface)
-	}
-	e.endArray(sat, sstart)
-	e.propHeader("RemoteAddresses", "a(ysq)")
-	e.announced(c.RemoteAddresses)
-	e.propHeader("AnnouncedAddresses", "a(ysq)")
-	e.announced(c.AnnouncedAddresses)
-	e.endArray(pat, pstart)
+	e.connProps(c, allConnProps)
 	for _, iface := range [...]string{propertiesInterface, introspectableInterface, peerInterface} {
 		e.align(8)
 		e.str(iface)
 		a, s := e.beginArray(8)
 		e.endArray(a, s)
+	}
+	e.endArray(at, start)
+}
+
+// connProps appends the properties of c in mask as an a{sv}, in the order
+// of connectionPropNames: what connectionPropsNamed(*c, mask.names())
+// would be.
+func (e *encoder) connProps(c *service.Connection, mask connPropMask) {
+	at, start := e.beginArray(8)
+	for i := range connectionPropNames {
+		if mask&(1<<i) == 0 {
+			continue
+		}
+		switch i {
+		case 0:
+			e.propHeader("Token", "u")
+			e.u32(c.Token)
+		case 1:
+			e.propHeader("ServerSide", "b")
+			e.boolean(c.ServerSide)
+		case 2:
+			e.propHeader("State", "s")
+			e.str(c.State)
+		case 3:
+			e.propHeader("LocalAddress", "s")
+			e.addr(c.LocalAddress)
+		case 4:
+			e.propHeader("LocalPort", "q")
+			e.u16(c.LocalPort)
+		case 5:
+			e.propHeader("RemoteAddress", "s")
+			e.addr(c.RemoteAddress)
+		case 6:
+			e.propHeader("RemotePort", "q")
+			e.u16(c.RemotePort)
+		case 7:
+			e.propHeader("DenyJoinId0", "b")
+			e.boolean(c.DenyJoinID0)
+		case 8:
+			e.propHeader("Subflows", "a(yysqsqbs)")
+			sat, sstart := e.beginArray(8)
+			for i := range c.Subflows {
+				s := &c.Subflows[i]
+				e.align(8)
+				e.u8(s.LocalID)
+				e.u8(s.RemoteID)
+				e.addr(s.LocalAddress)
+				e.u16(s.LocalPort)
+				e.addr(s.RemoteAddress)
+				e.u16(s.RemotePort)
+				e.boolean(s.Backup)
+				e.str(s.Interface)
+			}
+			e.endArray(sat, sstart)
+		case 9:
+			e.propHeader("RemoteAddresses", "a(ysq)")
+			e.announced(c.RemoteAddresses)
+		case 10:
+			e.propHeader("AnnouncedAddresses", "a(ysq)")
+			e.announced(c.AnnouncedAddresses)
+		}
 	}
 	e.endArray(at, start)
 }

@@ -2,9 +2,12 @@ package dbusapi
 
 import (
 	"bytes"
+	"reflect"
 	"testing"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/mptcp-pmd/mptcp-pmd/service"
 )
 
 // TestAppendPropertiesChanged: the PropertiesChanged encoder writes what
@@ -35,6 +38,73 @@ func TestAppendPropertiesChanged(t *testing.T) {
 	}
 }
 
+// TestAppendConnChanged: a connection's PropertiesChanged encoded from
+// the connection reads back, with godbus's decoder, as the one made from
+// connectionPropsNamed's map, for every property alone, all of them, and
+// some together; and a connection with nothing set.
+func TestAppendConnChanged(t *testing.T) {
+	h := header{typ: dbus.TypeSignal, serial: 7, path: ConnectionPath(1), iface: propertiesInterface, member: "PropertiesChanged"}
+	masks := []connPropMask{allConnProps, connPropsMask([]string{"State", "Subflows"}), connPropsMask([]string{"LocalAddress", "RemotePort", "AnnouncedAddresses"})}
+	for i := range connectionPropNames {
+		masks = append(masks, 1<<i)
+	}
+	for _, c := range []service.Connection{conn1, conn2} {
+		for _, m := range masks {
+			prefix := []byte("xyz") // a message after others in the buffer
+			got, err := appendConnChanged(bytes.Clone(prefix), h, &c, m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := appendMessage(nil, h, ConnectionInterface, connectionPropsNamed(c, m.names()), []string{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			gm, err := dbus.DecodeMessage(bytes.NewReader(got[len(prefix):]))
+			if err != nil {
+				t.Fatalf("%v: godbus does not decode it: %v", m.names(), err)
+			}
+			wm, err := dbus.DecodeMessage(bytes.NewReader(want))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(gm.Body, wm.Body) || !reflect.DeepEqual(gm.Headers, wm.Headers) {
+				t.Errorf("connection %d, %v:\n got %v\nwant %v", c.ID, m.names(), gm.Body, wm.Body)
+			}
+		}
+	}
+	if got := connPropsMask([]string{"State", "Nonesuch"}).names(); !reflect.DeepEqual(got, []string{"State"}) {
+		t.Errorf("connPropsMask of a name it does not know: %v", got)
+	}
+}
+
+// TestAppendSubflowSignal: a subflow signal encoded from its subflow is
+// what appendMessage writes for its arguments, byte for byte; an
+// interface name that is not UTF-8 is refused as appendMessage refuses it.
+func TestAppendSubflowSignal(t *testing.T) {
+	h := header{typ: dbus.TypeSignal, serial: 9, path: ConnectionPath(1), iface: ConnectionInterface, member: "SubflowClosed"}
+	for _, x := range []subflowSig{
+		{sf: conn1.Subflows[0]}, {sf: conn1.Subflows[1]}, {},
+		{sf: conn1.Subflows[1], closed: true, errno: 104, reason: 3},
+	} {
+		prefix := []byte("xyz")
+		got, err := appendSubflowSignal(bytes.Clone(prefix), h, &x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := appendMessage(bytes.Clone(prefix), h, x.args()...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%+v:\n got %x\nwant %x", x, got, want)
+		}
+	}
+	bad := subflowSig{sf: service.Subflow{Interface: "c\xff1"}}
+	if b, err := appendSubflowSignal([]byte("xyz"), h, &bad); err == nil || string(b) != "xyz" {
+		t.Errorf("an interface name that is not UTF-8: %q, %v", b, err)
+	}
+}
+
 // TestValidPath: validPath agrees with godbus's ObjectPath.IsValid.
 func TestValidPath(t *testing.T) {
 	for _, p := range []string{"", "/", "//", "/a", "/a/", "a", "/a//b", "/org/mptcp/PathManager1",
@@ -60,6 +130,9 @@ func TestSignalAllocations(t *testing.T) {
 		}
 		h.iface, h.member = propertiesInterface, "PropertiesChanged"
 		if _, err := appendPropertiesChanged(b, h, ConnectionInterface, props); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := appendConnChanged(b, h, &conn1, allConnProps); err != nil {
 			t.Fatal(err)
 		}
 	})
