@@ -90,12 +90,11 @@ func (s *Service) known(ev pm.Event) *conn {
 
 // addConn adds the connection of a CREATED (or adopted ESTABLISHED) event,
 // publishes ConnectionAdded and returns it. Whether it is under the
-// userspace path manager is the namespace's path manager now: a connection
-// keeps the one in force when it was created.
+// userspace path manager is the namespace's path manager when it was
+// created (labelPathManager).
 func (s *Service) addConn(ev pm.Event, established bool) *conn {
-	s.refreshPathManager()
 	c := s.conns.add(ev.Token)
-	c.userspace = s.kernelPM == "userspace"
+	s.labelPathManager(c)
 	c.established = established
 	c.serverSide = ev.ServerSide
 	c.denyJoinID0 = ev.Flags&pm.EventFlagDenyJoinID0 != 0

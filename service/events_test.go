@@ -140,25 +140,51 @@ func TestConnectionProperties(t *testing.T) {
 	}
 }
 
+// TestUserspaceFollowsPathManagerAtCreation: a connection is under the
+// path manager in force when it was created. New connections do not read
+// the sysctl: they get the value last read, which is read again when the
+// check falls due; when it changed, the connections labelled since are
+// asked of the kernel and corrected.
 func TestUserspaceFollowsPathManagerAtCreation(t *testing.T) {
 	h := newHarness(t)
 	h.take() // started with "userspace"
+	reads := func() int {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.pmReads
+	}
+	before := reads()
+	// Another program switches to the in-kernel path manager; two
+	// connections come under it before the check.
 	h.setPM("kernel")
-	h.send(created(1))
-	first := h.take()
+	h.k.AddConnection(1, false, ap("10.55.0.1:40000"), ap("10.55.0.2:8080"))
+	h.k.AddConnection(2, false, ap("10.55.0.1:40001"), ap("10.55.0.2:8080"))
+	h.pump()
+	if n := reads() - before; n != 0 {
+		t.Errorf("%d reads of the path manager for two new connections, want 0", n)
+	}
+	h.inspect(h.s.pathManagerDue)
+	if n := reads() - before; n != 1 {
+		t.Errorf("%d reads of the path manager after the check, want 1", n)
+	}
+	// And back: one connection under the userspace path manager.
 	h.setPM("userspace")
-	h.send(created(2))
-	sameStrings(t, "notifications", describeAll(append(first, h.take()...)), []string{
-		"manager [KernelPathManager]", "added 1 token=1 created",
-		"manager [KernelPathManager]", "added 2 token=2 created",
-	})
+	h.k.AddConnection(3, true, ap("10.55.0.1:40002"), ap("10.55.0.2:8080"))
+	h.pump()
+	h.inspect(h.s.pathManagerDue)
 	conns, _ := h.s.Connections(context.Background())
-	if len(conns) != 2 || conns[0].Userspace || !conns[1].Userspace {
-		t.Errorf("connections %+v: want the first in-kernel, the second userspace", conns)
+	if len(conns) != 3 || conns[0].Userspace || conns[1].Userspace || !conns[2].Userspace {
+		t.Errorf("connections %+v: want two in-kernel, then one userspace", conns)
 	}
 	m, _ := h.s.Manager(context.Background())
 	if m.KernelPathManager != "userspace" {
 		t.Errorf("KernelPathManager = %q", m.KernelPathManager)
+	}
+	// A check with no new connection since the last reads nothing.
+	n := reads()
+	h.inspect(h.s.pathManagerDue)
+	if reads() != n {
+		t.Error("a check with no new connection read the path manager")
 	}
 }
 

@@ -54,10 +54,11 @@ type harness struct {
 	wrap   func(*pmtest.FakeKernel) Kernel
 	stop   func() // ends Run and checks it returned nil; once
 
-	mu     sync.Mutex
-	pmType string
-	pmErr  error
-	pmSets []string // what SetPathManager was asked
+	mu      sync.Mutex
+	pmType  string
+	pmErr   error
+	pmReads int      // reads of the path manager
+	pmSets  []string // what SetPathManager was asked
 
 	sysctls map[string]string // what Deps.Sysctl reads (guarded by mu); others do not exist
 
@@ -137,6 +138,9 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 		Version:        "test",
 		Sysctl:         h.readSysctl,
 	})
+	// The path manager is read again when a test says (pathManagerDue),
+	// not a second after a new connection.
+	h.s.pmCheckAfter = time.Hour
 	for _, f := range h.tweak {
 		f(h.s)
 	}
@@ -156,7 +160,15 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 func (h *harness) pathManager() (string, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.pmReads++
 	return h.pmType, h.pmErr
+}
+
+// setPMSeen changes the namespace's path manager and lets the service
+// read it, as it does a second after a new connection.
+func (h *harness) setPMSeen(p string) {
+	h.setPM(p)
+	h.inspect(h.s.refreshPathManager)
 }
 
 func (h *harness) setPathManager(p string) error {

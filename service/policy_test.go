@@ -344,12 +344,32 @@ func TestSubflowPerInterface(t *testing.T) {
 
 	// A connection of the in-kernel path manager is not the policy's.
 	mark = h.mark()
-	h.setPM("kernel")
+	h.setPMSeen("kernel")
 	h.k.AddConnection(3, false, ap("10.55.0.1:40001"), ap("10.55.0.2:8080"))
 	h.settle()
 	if got := h.calls(mark, "CreateSubflow"); len(got) != 0 {
 		t.Errorf("subflows for an in-kernel connection: %v", got)
 	}
+	// One made just after another program switched the path manager,
+	// before the service read it: labelled userspace, the policy's first
+	// create is refused ("userspace PM not selected"); the connection is
+	// relabelled and left alone, not tried again.
+	h.setPMSeen("userspace")
+	h.setPM("kernel")
+	mark = h.mark()
+	h.k.AddConnection(4, false, ap("10.55.0.1:40002"), ap("10.55.0.2:8080"))
+	h.settle()
+	h.inspect(h.s.retryDue)
+	h.settle()
+	if got := h.calls(mark, "CreateSubflow"); len(got) != 1 {
+		t.Errorf("creates for a connection labelled with a stale path manager: %v, want the one refused", got)
+	}
+	if id, err := h.s.ConnectionByToken(bg, 4); err != nil {
+		t.Fatal(err)
+	} else if c, _ := h.s.Connection(bg, id); c.Userspace {
+		t.Error("the refused connection is still labelled userspace")
+	}
+	h.setPMSeen("userspace")
 
 	// c1's IPv4 address goes: its subflow goes; it comes back: so does
 	// the subflow, at once (the policy closed it: no backoff).

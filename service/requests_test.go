@@ -189,7 +189,7 @@ func TestRequestErrors(t *testing.T) {
 			e := &env{h: h}
 			e.us = h.open(1, "10.55.0.1:40000", "10.55.0.2:8080")
 			h.k.AddConnection(2, false, ap("10.55.0.1:40001"), ap("10.55.0.2:8080"))
-			h.setPM("kernel")
+			h.setPMSeen("kernel")
 			h.pump()
 			e.kn, _ = h.s.ConnectionByToken(bg, 2)
 			if tt.setup != nil {

@@ -94,19 +94,26 @@ type Service struct {
 
 	// Owned by the loop: touched by nothing but Run and the functions it
 	// calls (requests included).
-	conns     *connTable
-	ids       *idManager
-	lis       *listeners
-	net       *netState
-	ctl       *controller    // nil = builtin mode
-	live      bool           // start is done: changes are published
-	outbox    []Notification // published, not yet handed to the publisher (flush)
-	kernelPM  string
-	limits    Limits
-	endpoints []policy.Endpoint // sorted by id; what Manager.Endpoints and the policy see
-	origins   map[endpointKey]policy.Origin
-	saved     []policy.Endpoint // what the record holds (saveRecord)
-	local     []LocalAddress
+	conns    *connTable
+	ids      *idManager
+	lis      *listeners
+	net      *netState
+	ctl      *controller    // nil = builtin mode
+	live     bool           // start is done: changes are published
+	outbox   []Notification // published, not yet handed to the publisher (flush)
+	kernelPM string
+	// The connections labelled with kernelPM since it was last read, and
+	// the timer that reads it again (pmCheckAfter), so that the path
+	// manager is not read for every new connection (pmcheck.go).
+	pmUnsure     []*conn
+	pmCheck      *time.Timer
+	pmArmed      bool
+	pmCheckAfter time.Duration
+	limits       Limits
+	endpoints    []policy.Endpoint // sorted by id; what Manager.Endpoints and the policy see
+	origins      map[endpointKey]policy.Origin
+	saved        []policy.Endpoint // what the record holds (saveRecord)
+	local        []LocalAddress
 
 	// The built-in policy (policy.go), also owned by the loop.
 	pol       policy.Policy
@@ -144,35 +151,38 @@ type Service struct {
 // nothing until Run.
 func New(cfg Config, d Deps) *Service {
 	s := &Service{
-		cfg:         cfg,
-		k:           d.Kernel,
-		lister:      d.Lister,
-		record:      d.Record,
-		pub:         d.Publisher,
-		log:         d.Logger,
-		pathManager: d.PathManager,
-		version:     d.Version,
-		reqs:        make(chan func()),
-		overflow:    make(chan struct{}, 1),
-		ready:       make(chan struct{}),
-		stopped:     make(chan struct{}),
-		conns:       newConnTable(),
-		ids:         newIDManager(),
-		net:         newNetState(),
-		origins:     make(map[endpointKey]policy.Origin),
-		local:       []LocalAddress{},
-		setPM:       d.SetPathManager,
-		sysctl:      d.Sysctl,
-		nm:          d.NetworkManager,
-		prefStore:   d.Preferences,
-		owner:       d.Owner,
-		now:         time.Now,
-		backoff:     defaultBackoff,
-		pendingTO:   pendingTimeout,
-		pollEvery:   endpointPoll,
-		retry:       time.NewTimer(time.Hour),
+		cfg:          cfg,
+		k:            d.Kernel,
+		lister:       d.Lister,
+		record:       d.Record,
+		pub:          d.Publisher,
+		log:          d.Logger,
+		pathManager:  d.PathManager,
+		version:      d.Version,
+		reqs:         make(chan func()),
+		overflow:     make(chan struct{}, 1),
+		ready:        make(chan struct{}),
+		stopped:      make(chan struct{}),
+		conns:        newConnTable(),
+		ids:          newIDManager(),
+		net:          newNetState(),
+		origins:      make(map[endpointKey]policy.Origin),
+		local:        []LocalAddress{},
+		setPM:        d.SetPathManager,
+		sysctl:       d.Sysctl,
+		nm:           d.NetworkManager,
+		prefStore:    d.Preferences,
+		owner:        d.Owner,
+		now:          time.Now,
+		backoff:      defaultBackoff,
+		pendingTO:    pendingTimeout,
+		pollEvery:    endpointPoll,
+		retry:        time.NewTimer(time.Hour),
+		pmCheck:      time.NewTimer(time.Hour),
+		pmCheckAfter: pathManagerCheck,
 	}
 	s.retry.Stop()
+	s.pmCheck.Stop()
 	if s.pol, _ = policy.New(cfg.Policy); s.pol == nil {
 		s.pol, _ = policy.New(PolicyNone) // Run reports the bad name
 	}
@@ -267,6 +277,8 @@ func (s *Service) Run(ctx context.Context, events <-chan pm.Event, netEvents <-c
 			s.resync()
 		case <-s.retry.C:
 			s.retryDue()
+		case <-s.pmCheck.C:
+			s.pathManagerDue()
 		case <-s.pollC:
 			s.pollEndpoints()
 		case req := <-s.reqs:
@@ -344,6 +356,7 @@ func (s *Service) resync() {
 // shutdown releases what the service holds when Run returns.
 func (s *Service) shutdown() {
 	s.retry.Stop()
+	s.pmCheck.Stop()
 	if s.poll != nil {
 		s.poll.Stop()
 	}
@@ -461,9 +474,12 @@ func (s *Service) refreshPathManager() {
 		s.log.Warn("reading the path manager", "err", err)
 		return
 	}
+	unsure := s.pmUnsure
+	s.pmUnsure = nil
 	if p != s.kernelPM {
 		s.kernelPM = p
 		s.publishManager("KernelPathManager")
+		s.resolvePathManagers(unsure)
 	}
 }
 

@@ -55,6 +55,8 @@ type testDaemon struct {
 	events chan pm.Event
 	net    chan service.NetEvent
 
+	cfg service.Config
+
 	mu sync.Mutex
 	pm string // the namespace's path manager, as the service reads it
 }
@@ -84,6 +86,7 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 	cfg.Policy = service.PolicyNone
 	cfg.Filter = policy.FilterConfig{SkipLoopback: true, SkipLinkLocal: true, SkipTentative: true}
 	var pub publisher
+	d.cfg = cfg
 	d.svc = service.New(cfg, service.Deps{
 		Kernel:      d.k,
 		Publisher:   &pub,
@@ -191,15 +194,23 @@ func (d *testDaemon) pathManager() (string, error) {
 
 // open makes an established connection in the fake kernel, under the
 // userspace path manager or the in-kernel one (which becomes the
-// namespace's), and returns its object number.
+// namespace's, read by the service as a reload reads it), and returns its
+// object number.
 func (d *testDaemon) open(t *testing.T, token uint32, userspace bool, local, remote string) uint64 {
 	t.Helper()
-	d.mu.Lock()
-	d.pm = "kernel"
+	want := "kernel"
 	if userspace {
-		d.pm = "userspace"
+		want = "userspace"
 	}
+	d.mu.Lock()
+	changed := d.pm != want
+	d.pm = want
 	d.mu.Unlock()
+	if changed {
+		if err := d.svc.Reload(context.Background(), d.cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
 	d.k.AddConnection(token, userspace, netip.MustParseAddrPort(local), netip.MustParseAddrPort(remote))
 	d.sync(t)
 	n, err := d.svc.ConnectionByToken(context.Background(), token)
