@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -49,6 +50,7 @@ const defaultConfigPath = "/etc/mptcp-pmd/mptcp-pmd.toml"
 
 func main() {
 	oneProcessor()
+	smallHeap()
 	if err := run(os.Args[1:], os.Stderr); err != nil {
 		notifyFailure(err)
 		fmt.Fprintf(os.Stderr, "mptcp-pmd: %v\n", err)
@@ -71,6 +73,21 @@ var errUsage = errors.New("usage")
 func oneProcessor() {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
+	}
+}
+
+// smallHeap collects garbage when the heap has grown by half (GOGC=50)
+// unless the environment sets GOGC. The daemon's live heap is small (about
+// 1 MiB when idle) and the Go runtime's least heap goal, 4 MiB at GOGC=100,
+// let it allocate into fresh pages for thousands of events between
+// collections, each page faulted in and zeroed by the kernel; in a virtual
+// machine such a fault costs tens of µs, more than a collection of the
+// whole heap. Measured with make bench-lab (endpoints policy, two daemons
+// interleaved in one run, 400 connections): 64.1 -> 55.1 and 68.7 -> 56.7
+// µs of CPU per kernel event.
+func smallHeap() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50)
 	}
 }
 
