@@ -122,6 +122,7 @@ type Server struct {
 	manager service.Manager
 	conns   map[uint64]service.Connection
 	paths   map[uint64]dbus.ObjectPath // connections' object paths (pathOf), guarded by pubMu
+	peak    int                        // the most connections since conns was made
 	gen     uint64                     // counts notifications that changed the mirror
 	closed  bool
 
@@ -395,8 +396,11 @@ func (s *Server) Publish(n service.Notification) {
 		s.mu.Lock()
 		_, known := s.conns[n.Connection.ID]
 		delete(s.conns, n.Connection.ID)
-		if len(s.conns) == 0 {
-			s.conns = make(map[uint64]service.Connection) // maps do not shrink
+		if len(s.conns) == 0 && s.peak > shrinkAbove {
+			// Maps do not shrink: after a burst, new ones.
+			s.conns = make(map[uint64]service.Connection)
+			s.paths = nil
+			s.peak = 0
 		}
 		s.gen++
 		s.mu.Unlock()
@@ -405,9 +409,6 @@ func (s *Server) Publish(n service.Notification) {
 				s.pathOf(n.Connection.ID), connectionInterfaces())
 		}
 		delete(s.paths, n.Connection.ID)
-		if len(s.paths) == 0 {
-			s.paths = nil // maps do not shrink
-		}
 	case service.SubflowEvent:
 		name := subflowSignals[n.Kind]
 		if name == "" {
@@ -434,6 +435,7 @@ func (s *Server) Publish(n service.Notification) {
 func (s *Server) connectionAdded(c service.Connection) {
 	s.mu.Lock()
 	s.conns[c.ID] = c
+	s.peak = max(s.peak, len(s.conns))
 	s.gen++
 	s.mu.Unlock()
 	s.emit(ManagerPath, objectManagerInterface+".InterfacesAdded", s.pathOf(c.ID), connObject{&c})

@@ -260,7 +260,9 @@ func (s *Service) reconcileConn(c *conn) {
 	}
 }
 
-// policyConn returns connection c as the policy sees it.
+// policyConn returns connection c as the policy sees it. Its Subflows
+// are the service's scratch slice (policies keep nothing they are given),
+// valid until the next call.
 func (s *Service) policyConn(c *conn) policy.Connection {
 	pc := policy.Connection{
 		Token:       c.token,
@@ -268,8 +270,9 @@ func (s *Service) policyConn(c *conn) policy.Connection {
 		Established: c.established,
 		Local:       c.local,
 		Remote:      c.remote,
-		Subflows:    make([]policy.Subflow, 0, len(c.subflows)+len(c.pending)+1),
+		Subflows:    s.sfScratch[:0],
 	}
+	defer func() { s.sfScratch = pc.Subflows[:0] }()
 	if c.local.IsValid() && c.remote.IsValid() && !c.initialClosed && !slices.Contains(c.closing, tuple{c.local, c.remote}) { // the initial subflow
 		t := tuple{c.local, c.remote}
 		stalled, since := c.healthOf(t)

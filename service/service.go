@@ -119,6 +119,7 @@ type Service struct {
 	pol       policy.Policy
 	synced    bool             // the network monitor's first NetSynced came: the addresses are known
 	usable    []policy.Address // the usable local addresses with their flags
+	sfScratch []policy.Subflow // policyConn's
 	retry     *time.Timer      // fires at retryAt for backoffs, pending subflows and the log summary
 	retryAt   time.Time        // zero when retry is not armed
 	actionLog logBudget        // of the info records of the policy's actions on connections

@@ -110,7 +110,14 @@ type connTable struct {
 	byID    map[uint64]*conn
 	lastID  uint64
 	closed  recentTokens
+	peak    int // the most connections since the maps were made
 }
+
+// shrinkAbove is the number of entries above which a map of connections
+// is made afresh when it empties: Go maps keep their size after deletes,
+// so a burst would leave its memory behind; a small one is kept, or every
+// connection on an idle host would allocate it again.
+const shrinkAbove = 64
 
 func newConnTable() *connTable {
 	return &connTable{
@@ -126,17 +133,19 @@ func (t *connTable) add(token uint32) *conn {
 	c := &conn{id: t.lastID, token: token}
 	t.byToken[token] = c
 	t.byID[c.id] = c
+	t.peak = max(t.peak, len(t.byID))
 	return c
 }
 
 func (t *connTable) remove(c *conn) {
 	delete(t.byToken, c.token)
 	delete(t.byID, c.id)
-	if len(t.byID) == 0 && len(t.byToken) == 0 {
-		// Go maps keep their size after deletes: start afresh when the last
-		// connection goes, so a burst leaves no memory behind.
+	if len(t.byID) == 0 && len(t.byToken) == 0 && t.peak > shrinkAbove {
+		// Start afresh when the last connection of a burst goes, so that
+		// it leaves no memory behind.
 		t.byToken = make(map[uint32]*conn)
 		t.byID = make(map[uint64]*conn)
+		t.peak = 0
 	}
 }
 
