@@ -198,9 +198,10 @@ func (s *Service) adoptAnnouncements(c *conn) {
 
 // gone checks a kernel refusal of a command on connection c: "invalid
 // token" means that the connection closed and that its CLOSED was lost or
-// is still queued, so it is removed now, not retried forever. It returns
-// err.
+// is still queued, so it is removed now, not retried forever; "userspace
+// PM not selected" relabels it (relabel). It returns err.
 func (s *Service) gone(c *conn, err error) error {
+	s.relabel(c, err)
 	if errors.Is(err, pm.ErrUnknownToken) && s.conns.byToken[c.token] == c {
 		s.log.Debug("connection closed: the kernel no longer knows its token", "token", logToken(c.token))
 		s.conns.closed.add(c.token)

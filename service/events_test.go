@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/mptcp-pmd/mptcp-pmd/pm"
 )
@@ -141,12 +142,14 @@ func TestConnectionProperties(t *testing.T) {
 }
 
 // TestUserspaceFollowsPathManagerAtCreation: a connection is under the
-// path manager in force when it was created. New connections do not read
-// the sysctl: they get the value last read, which is read again when the
-// check falls due; when it changed, the connections labelled since are
-// asked of the kernel and corrected.
+// path manager in force when it was created. A new connection reads the
+// sysctl only when the value last read is pathManagerFresh old; one that
+// comes sooner gets that value, which is read again when the check falls
+// due; when it changed, the connections labelled since are asked of the
+// kernel and corrected.
 func TestUserspaceFollowsPathManagerAtCreation(t *testing.T) {
-	h := newHarness(t)
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	h := newHarness(t, withService(func(s *Service) { s.now = clock.Now }))
 	h.take() // started with "userspace"
 	reads := func() int {
 		h.mu.Lock()
@@ -155,23 +158,26 @@ func TestUserspaceFollowsPathManagerAtCreation(t *testing.T) {
 	}
 	before := reads()
 	// Another program switches to the in-kernel path manager; two
-	// connections come under it before the check.
+	// connections come under it at once.
 	h.setPM("kernel")
 	h.k.AddConnection(1, false, ap("10.55.0.1:40000"), ap("10.55.0.2:8080"))
 	h.k.AddConnection(2, false, ap("10.55.0.1:40001"), ap("10.55.0.2:8080"))
 	h.pump()
 	if n := reads() - before; n != 0 {
-		t.Errorf("%d reads of the path manager for two new connections, want 0", n)
+		t.Errorf("%d reads of the path manager for two new connections at once, want 0", n)
 	}
 	h.inspect(h.s.pathManagerDue)
 	if n := reads() - before; n != 1 {
 		t.Errorf("%d reads of the path manager after the check, want 1", n)
 	}
-	// And back: one connection under the userspace path manager.
+	// And back, a while later: the new connection reads it.
+	clock.Add(pathManagerFresh)
 	h.setPM("userspace")
 	h.k.AddConnection(3, true, ap("10.55.0.1:40002"), ap("10.55.0.2:8080"))
 	h.pump()
-	h.inspect(h.s.pathManagerDue)
+	if n := reads() - before; n != 2 {
+		t.Errorf("%d reads of the path manager in all, want 2", n)
+	}
 	conns, _ := h.s.Connections(context.Background())
 	if len(conns) != 3 || conns[0].Userspace || conns[1].Userspace || !conns[2].Userspace {
 		t.Errorf("connections %+v: want two in-kernel, then one userspace", conns)
@@ -180,11 +186,11 @@ func TestUserspaceFollowsPathManagerAtCreation(t *testing.T) {
 	if m.KernelPathManager != "userspace" {
 		t.Errorf("KernelPathManager = %q", m.KernelPathManager)
 	}
-	// A check with no new connection since the last reads nothing.
+	// A check with no connection labelled from an older read reads nothing.
 	n := reads()
 	h.inspect(h.s.pathManagerDue)
 	if reads() != n {
-		t.Error("a check with no new connection read the path manager")
+		t.Error("a check with nothing to check read the path manager")
 	}
 }
 

@@ -10,31 +10,54 @@ import (
 // Which path manager a connection is under is the namespace's
 // (net.mptcp.path_manager) when the connection was created, and the kernel
 // says it in no event. Reading the sysctl for every new connection cost
-// 4% of the daemon's CPU per kernel event (make bench-lab), so a new
-// connection is labelled with the value last read, and the value is read
-// again pathManagerCheck later (at most once per that time however many
-// connections come), on a reload, at a resync and when the kernel refuses
-// a userspace command for a connection ("userspace PM not selected").
-// Should the value have changed, the connections labelled since the last
-// read are asked of the kernel one by one (GET_ADDR answers only for a
-// userspace-PM connection), and those labelled wrongly are corrected and
-// reconciled: a connection made just after another program switched the
-// path manager gets its subflows up to pathManagerCheck late, and never
-// from the wrong path manager.
+// 4% of the daemon's CPU per kernel event (make bench-lab), so it is read
+// for a new connection only when the value last read is pathManagerFresh
+// old or older: at most ten times a second however many connections come.
+// A connection labelled with a younger value is checked: the value is read
+// again pathManagerCheck later (and at a reload, a resync, and when the
+// kernel refuses a userspace command for a connection with "userspace PM
+// not selected"); should it have changed, the connections labelled since
+// the last read are asked of the kernel one by one (GET_ADDR answers only
+// for a userspace-PM connection), and those labelled wrongly are corrected
+// and reconciled. So a connection made less than pathManagerFresh after
+// another program switched the path manager gets its subflows up to
+// pathManagerCheck late, and never from the wrong path manager.
 
-// pathManagerCheck is how long after a new connection the path manager is
-// read again.
+// pathManagerFresh is how old the value last read may be to label a new
+// connection.
+const pathManagerFresh = 100 * time.Millisecond
+
+// pathManagerCheck is how long after a connection labelled with a value
+// read earlier the path manager is read again.
 const pathManagerCheck = time.Second
 
 // labelPathManager labels new connection c with the path manager last
 // read, and arms the check of that value.
 func (s *Service) labelPathManager(c *conn) {
+	if s.now().Sub(s.pmReadAt) >= pathManagerFresh {
+		s.refreshPathManager()
+		c.userspace = s.kernelPM == "userspace"
+		return
+	}
 	c.userspace = s.kernelPM == "userspace"
 	s.pmUnsure = append(s.pmUnsure, c)
 	if !s.pmArmed {
 		s.pmArmed = true
 		s.pmCheck.Reset(s.pmCheckAfter)
 	}
+}
+
+// relabel marks c as under the in-kernel path manager when the kernel
+// refused a userspace command for it with "userspace PM not selected" (the
+// namespace's path manager changed as it was created), and reads the path
+// manager again. It returns err.
+func (s *Service) relabel(c *conn, err error) error {
+	if c.userspace && errors.Is(err, pm.ErrNotSupported) {
+		s.log.Info("connection relabelled: the kernel says it is under the in-kernel path manager", "token", logToken(c.token))
+		c.userspace = false
+		s.refreshPathManager()
+	}
+	return err
 }
 
 // pathManagerDue runs when the check's timer fires.

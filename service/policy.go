@@ -425,13 +425,9 @@ func (s *Service) refused(c *conn, a policy.Action, err error) {
 	switch {
 	case errors.Is(err, pm.ErrUnknownToken):
 		return // the connection closed meanwhile (gone dropped it)
-	case errors.Is(err, pm.ErrNotSupported) && c.userspace:
-		// "userspace PM not selected": the connection is under the
-		// in-kernel path manager (the namespace's changed as it was
-		// created, pmcheck.go). The policy leaves it alone from now on.
-		s.log.Info("connection relabelled: the kernel says it is under the in-kernel path manager", "token", logToken(c.token))
-		c.userspace = false
-		s.refreshPathManager()
+	case errors.Is(err, pm.ErrNotSupported) && !c.userspace:
+		// "userspace PM not selected": gone relabelled the connection
+		// (pmcheck.go); the policy leaves it alone from now on.
 		return
 	case errors.Is(err, syscall.ENOTCONN):
 		// The connection is closing: nothing to warn about.

@@ -319,6 +319,45 @@ func TestEndpointsPolicyReplacesImplicit(t *testing.T) {
 	sameStrings(t, "after the address went", h.endpoints(), nil)
 }
 
+// TestStalePathManagerLabel: a connection made just after another program
+// switched the path manager to the in-kernel one, before the service read
+// it again, is labelled userspace; the policy's first create is refused
+// ("userspace PM not selected"), the connection is relabelled and left
+// alone, not tried again, and the next request for it is refused before
+// reaching the kernel.
+func TestStalePathManagerLabel(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	h := newHarness(t, withPolicy(PolicySubflowPerInterface), withService(func(s *Service) { s.now = clock.Now }))
+	h.sendNet(append(hostNet(3), synced)...)
+	h.take()
+	h.setPM("kernel")
+	mark := h.mark()
+	h.k.AddConnection(4, false, ap("10.55.0.1:40002"), ap("10.55.0.2:8080"))
+	h.settle()
+	clock.Add(time.Minute) // every backoff over
+	h.inspect(h.s.retryDue)
+	h.settle()
+	if got := h.calls(mark, "CreateSubflow"); len(got) != 1 {
+		t.Errorf("creates for a connection labelled with a stale path manager: %v, want the one refused", got)
+	}
+	id, err := h.s.ConnectionByToken(bg, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := h.s.Connection(bg, id); c.Userspace {
+		t.Error("the refused connection is still labelled userspace")
+	}
+	if m, _ := h.s.Manager(bg); m.KernelPathManager != "kernel" {
+		t.Errorf("KernelPathManager %q after the refusal, want kernel", m.KernelPathManager)
+	}
+	mark = h.mark()
+	_, err = h.s.AnnounceAddress(bg, Caller{}, id, netip.MustParseAddr("10.55.1.1"), 0, 0)
+	wantKind(t, err, ErrNotSupported)
+	if got := h.calls(mark, "Announce"); len(got) != 0 {
+		t.Errorf("a request for the relabelled connection reached the kernel: %v", got)
+	}
+}
+
 func TestSubflowPerInterface(t *testing.T) {
 	h := newHarness(t, withPolicy(PolicySubflowPerInterface), withConfig(func(c *Config) {
 		c.Interfaces = map[string]InterfaceConfig{"c2": {Flags: pm.FlagSubflow | pm.FlagBackup}}
@@ -350,26 +389,6 @@ func TestSubflowPerInterface(t *testing.T) {
 	if got := h.calls(mark, "CreateSubflow"); len(got) != 0 {
 		t.Errorf("subflows for an in-kernel connection: %v", got)
 	}
-	// One made just after another program switched the path manager,
-	// before the service read it: labelled userspace, the policy's first
-	// create is refused ("userspace PM not selected"); the connection is
-	// relabelled and left alone, not tried again.
-	h.setPMSeen("userspace")
-	h.setPM("kernel")
-	mark = h.mark()
-	h.k.AddConnection(4, false, ap("10.55.0.1:40002"), ap("10.55.0.2:8080"))
-	h.settle()
-	h.inspect(h.s.retryDue)
-	h.settle()
-	if got := h.calls(mark, "CreateSubflow"); len(got) != 1 {
-		t.Errorf("creates for a connection labelled with a stale path manager: %v, want the one refused", got)
-	}
-	if id, err := h.s.ConnectionByToken(bg, 4); err != nil {
-		t.Fatal(err)
-	} else if c, _ := h.s.Connection(bg, id); c.Userspace {
-		t.Error("the refused connection is still labelled userspace")
-	}
-	h.setPMSeen("userspace")
 
 	// c1's IPv4 address goes: its subflow goes; it comes back: so does
 	// the subflow, at once (the policy closed it: no backoff).

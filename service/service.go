@@ -105,6 +105,7 @@ type Service struct {
 	// The connections labelled with kernelPM since it was last read, and
 	// the timer that reads it again (pmCheckAfter), so that the path
 	// manager is not read for every new connection (pmcheck.go).
+	pmReadAt     time.Time // when kernelPM was read
 	pmUnsure     []*conn
 	pmCheck      *time.Timer
 	pmArmed      bool
@@ -475,6 +476,7 @@ func (s *Service) refreshPathManager() {
 		s.log.Warn("reading the path manager", "err", err)
 		return
 	}
+	s.pmReadAt = s.now()
 	unsure := s.pmUnsure
 	s.pmUnsure = nil
 	if p != s.kernelPM {

@@ -300,8 +300,11 @@ func TestBadInput(t *testing.T) {
 	remote := addrPort(t, c.RemoteAddr())
 	local1 := s.lab.Client.Addrs4[1].String()
 
-	// A connection made under the in-kernel path manager.
+	// A connection made under the in-kernel path manager. The daemon
+	// reads the path manager for a new connection when its last read is
+	// 100 ms old (one made sooner is corrected a second later).
 	s.lab.Client.SetPathManager(t, "kernel")
+	time.Sleep(150 * time.Millisecond)
 	from := s.rec.mark()
 	kc := dial(t, s.lab.Client, s.lab.Client.Addrs4[0], remote)
 	kLocal := addrPort(t, kc.LocalAddr())
