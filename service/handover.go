@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -196,6 +198,43 @@ type SubflowProbe struct {
 	RTT           time.Duration // smoothed round-trip time
 }
 
+// ProbeTarget is a subflow the prober is to look at: one of a connection
+// under the handover policy, with the interface its socket may be bound
+// to (0 for none known).
+type ProbeTarget struct {
+	Token         uint32
+	Local, Remote netip.AddrPort
+	Ifindex       int32
+}
+
+// ProbeTargets returns the subflows of the connections under the handover
+// policy that the service knows established, the initial one included,
+// for the prober to look up one by one rather than list every socket of
+// the host (a sock_diag dump walks the host's whole TCP table).
+func (s *Service) ProbeTargets(ctx context.Context) ([]ProbeTarget, error) {
+	return call(ctx, s, "probe targets", func() ([]ProbeTarget, error) {
+		var out []ProbeTarget
+		for _, c := range s.conns.byToken {
+			if !c.established || s.polOf(c).Name() != policy.NameHandover {
+				continue
+			}
+			if c.local.IsValid() && c.remote.IsValid() && !c.initialClosed {
+				out = append(out, ProbeTarget{Token: c.token, Local: c.local, Remote: c.remote})
+			}
+			for _, sf := range c.subflows {
+				t := ProbeTarget{Token: c.token, Local: netip.AddrPortFrom(sf.LocalAddress, sf.LocalPort),
+					Remote: netip.AddrPortFrom(sf.RemoteAddress, sf.RemotePort)}
+				if t.Local == c.local && t.Remote == c.remote {
+					continue // the initial one
+				}
+				t.Ifindex, _ = s.net.linkIndex(sf.Interface)
+				out = append(out, t)
+			}
+		}
+		return out, nil
+	})
+}
+
 // Prober interval bounds.
 const (
 	minProbe = 20 * time.Millisecond
@@ -295,7 +334,17 @@ func (s *Service) ProbeSubflows(ctx context.Context, probes []SubflowProbe) erro
 			}
 			seen[c][t] = true
 		}
-		for _, c := range s.conns.sorted() {
+		// The handover policy's connections decide again (the health of
+		// their subflows, and time, change their wish); no other policy
+		// reads it.
+		var hc []*conn
+		for _, c := range s.conns.byID {
+			if s.polOf(c).Name() == policy.NameHandover {
+				hc = append(hc, c)
+			}
+		}
+		slices.SortFunc(hc, func(a, b *conn) int { return cmp.Compare(a.id, b.id) })
+		for _, c := range hc {
 			for t := range c.health {
 				if !seen[c][t] {
 					delete(c.health, t) // closed

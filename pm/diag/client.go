@@ -1,8 +1,10 @@
 package diag
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -284,41 +286,104 @@ func (c *Client) ConnByToken(token uint32) (Conn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seq++
-	seq := c.seq
-	c.req = appendRequest(c.req[:0], seq, afInet, ipprotoMPTCP, extInfo, AllStates)
+	c.req = appendRequest(c.req[:0], c.seq, afInet, ipprotoMPTCP, extInfo, AllStates)
 	ne.PutUint16(c.req[6:], nlmFRequest) // one socket, not a dump
 	id := c.req[nlmsgHdrLen+8:]          // struct inet_diag_sockid
 	ne.PutUint32(id[40:], token)         // idiag_cookie[0]: mptcp_diag looks the token up
 	ne.PutUint32(id[44:], 0)
-	if err := c.rc.Write(c.writeFn); err != nil {
+	var out Conn
+	err := c.one(func(p []byte) (err error) {
+		out, err = decodeConn(p)
+		return err
+	})
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		return Conn{}, fmt.Errorf("diag: connection %08x: %w", token, ErrNoSuchConn)
+	case err != nil:
 		return Conn{}, fmt.Errorf("diag: connection %08x: %w", token, err)
 	}
-	if c.ioErr != nil {
-		return Conn{}, fmt.Errorf("diag: connection %08x: %w", token, c.ioErr)
+	return out, nil
+}
+
+// ErrNoSuchSubflow is wrapped by Subflow's error when the kernel has no
+// MPTCP subflow with those addresses and ports.
+var ErrNoSuchSubflow = errors.New("no MPTCP subflow with these addresses")
+
+// Subflow returns the MPTCP subflow from local to remote, which the kernel
+// looks up alone (inet_diag's lookup by address and port). A subflow bound
+// to an interface (as the joins the path managers make are) is found only
+// with that interface's index; 0 finds the unbound ones. A dump walks the
+// host's whole table of TCP sockets, whatever the namespace and the number
+// of subflows: 2.4 ms of kernel time on a VM with 24 GiB and no connection
+// at all; a lookup is a hash probe.
+func (c *Client) Subflow(local, remote netip.AddrPort, ifindex int32) (Subflow, error) {
+	l, r := local.Addr().Unmap(), remote.Addr().Unmap()
+	family := uint8(afInet6)
+	if l.Is4() && r.Is4() {
+		family = afInet
 	}
-	var out Conn
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	c.req = appendRequest(c.req[:0], c.seq, family, ipprotoTCP, extInfo, AllStates)
+	ne.PutUint16(c.req[6:], nlmFRequest) // one socket, not a dump
+	id := c.req[nlmsgHdrLen+8:]          // struct inet_diag_sockid
+	binary.BigEndian.PutUint16(id[0:], local.Port())
+	binary.BigEndian.PutUint16(id[2:], remote.Port())
+	if family == afInet {
+		a, b := l.As4(), r.As4()
+		copy(id[4:], a[:])
+		copy(id[20:], b[:])
+	} else {
+		a, b := local.Addr().As16(), remote.Addr().As16()
+		copy(id[4:], a[:])
+		copy(id[20:], b[:])
+	}
+	ne.PutUint32(id[36:], uint32(ifindex))
+	ne.PutUint32(id[40:], ^uint32(0)) // INET_DIAG_NOCOOKIE
+	ne.PutUint32(id[44:], ^uint32(0))
+	var out Subflow
 	found := false
-	for !found {
-		if err := c.rc.Read(c.readFn); err != nil {
-			return Conn{}, fmt.Errorf("diag: connection %08x: %w", token, err)
-		}
-		if c.ioErr != nil {
-			return Conn{}, fmt.Errorf("diag: connection %08x: %w", token, c.ioErr)
-		}
-		if c.tail < 0 {
-			return Conn{}, fmt.Errorf("diag: connection %08x: %w: reply too large", token, errMalformed)
-		}
-		_, err := parseDump(c.buf[:c.tail], seq, func(p []byte) error {
-			conn, err := decodeConn(p)
-			out, found = conn, err == nil
-			return err
-		})
-		switch {
-		case errors.Is(err, syscall.ENOENT):
-			return Conn{}, fmt.Errorf("diag: connection %08x: %w", token, ErrNoSuchConn)
-		case err != nil:
-			return Conn{}, fmt.Errorf("diag: connection %08x: %w", token, err)
-		}
+	err := c.one(func(p []byte) (err error) {
+		out, found, err = decodeSubflow(p)
+		return err
+	})
+	switch {
+	case errors.Is(err, syscall.ENOENT), err == nil && !found: // no socket, or one that is not a subflow
+		return Subflow{}, fmt.Errorf("diag: subflow %s -> %s: %w", local, remote, ErrNoSuchSubflow)
+	case err != nil:
+		return Subflow{}, fmt.Errorf("diag: subflow %s -> %s: %w", local, remote, err)
 	}
 	return out, nil
+}
+
+// one sends the request in c.req, for one socket, and calls decode with
+// the payload of the reply; the kernel's refusal is a syscall.Errno.
+// c.mu is held.
+func (c *Client) one(decode func(payload []byte) error) error {
+	seq := c.seq
+	if err := c.rc.Write(c.writeFn); err != nil {
+		return err
+	}
+	if c.ioErr != nil {
+		return c.ioErr
+	}
+	for got := false; !got; {
+		if err := c.rc.Read(c.readFn); err != nil {
+			return err
+		}
+		if c.ioErr != nil {
+			return c.ioErr
+		}
+		if c.tail < 0 {
+			return fmt.Errorf("%w: reply too large", errMalformed)
+		}
+		if _, err := parseDump(c.buf[:c.tail], seq, func(p []byte) error {
+			got = true
+			return decode(p)
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

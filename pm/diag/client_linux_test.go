@@ -456,6 +456,23 @@ func TestEndpointSubflows(t *testing.T) {
 			if cs.Side != SideClient || ss.Side != SideServer {
 				t.Errorf("sides %v/%v, subflows total %d", cs.Side, ss.Side, cs.Info.SubflowsTotal)
 			}
+			// Each subflow looked up alone is the dump's, at both ends.
+			for _, x := range []struct {
+				d   *Client
+				sfs []Subflow
+			}{{cd, cs.Subflows}, {sd, ss.Subflows}} {
+				for _, s := range x.sfs {
+					one, err := x.d.Subflow(s.Local, s.Remote, int32(s.Ifindex))
+					if err != nil || one.Token != s.Token || one.Local != s.Local || one.Remote != s.Remote ||
+						one.LocalID != s.LocalID || one.Backup != s.Backup || one.State != s.State || one.Inode != s.Inode {
+						t.Errorf("Subflow(%s, %s) = %+v, %v; the dump says %+v", s.Local, s.Remote, one, err, s)
+					}
+				}
+			}
+			gone := netip.AddrPortFrom(local.Addr(), local.Port()^0x5a5a)
+			if _, err := cd.Subflow(gone, srvr.Addr, 0); !errors.Is(err, ErrNoSuchSubflow) {
+				t.Errorf("Subflow of no socket: %v, want ErrNoSuchSubflow", err)
+			}
 			byID := map[uint8]Subflow{}
 			for _, s := range cs.Subflows {
 				if s.Token != cs.Token || s.Remote != srvr.Addr {
