@@ -93,6 +93,7 @@ bench-handover: build
 		$(GO) test -run '^$$' -bench '^BenchmarkHandover$$' -benchtime 1x -count=1 -v ./cmd/mptcp-pmd
 	HANDOVER_MECH_ROUNDS=$(HANDOVER_MECH_ROUNDS) \
 		$(GO) test -run '^$$' -bench '^BenchmarkHandoverMechanics$$' -benchtime 1x -count=1 -v ./cmd/mptcp-pmd
+	$(GO) test -run '^$$' -bench '^BenchmarkHandoverIdle$$' -benchtime 1x -count=1 -v ./cmd/mptcp-pmd
 
 # Lab scenario: Manager.GetStatistics with 10000 live connections, against
 # a Peer.Ping round trip (a minute; root, MPTCP and dbus-daemon).

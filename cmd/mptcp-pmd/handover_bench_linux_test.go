@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -421,4 +422,64 @@ func hbTable(b *testing.B, modes []*hbMode, kernel *hbMode, failures []hbFailure
 	}
 	out.WriteString(strings.Join(parts, ", ") + "\n")
 	return out.String()
+}
+
+// BenchmarkHandoverIdle measures what the handover policy costs a laptop
+// that holds connections and sends nothing: the daemon's CPU time per
+// second with HANDOVER_IDLE_CONNS (default 4) idle connections under the
+// handover policy, whose prober looks at their subflows every
+// stall_timeout/3 (67 ms by default), against the same connections under
+// subflow-per-interface (no prober), both daemons running at once, each
+// in its lab (two paths, the second expensive: every connection has a
+// standby subflow).
+func BenchmarkHandoverIdle(b *testing.B) {
+	n := 4
+	if v, err := strconv.Atoi(os.Getenv("HANDOVER_IDLE_CONNS")); err == nil && v > 0 {
+		n = v
+	}
+	type mode struct {
+		name string
+		pid  int
+		cpu  time.Duration
+	}
+	var modes []*mode
+	for _, policy := range []string{"handover", "subflow-per-interface"} {
+		lab := pmtest.NewLab(b, pmtest.LabOptions{Paths: 2, ClientPM: "userspace"})
+		bus := dbustest.StartBus(b, dbustest.SystemDefaults())
+		d := startDaemon(b, lab.Client, bus, "--policy", policy, "--log-level", "warn",
+			configArg(b, "[interfaces.c1]\npreference = \"expensive\"\n"))
+		server := lab.Server.StartServer(b, netip.AddrPortFrom(lab.Server.Addrs4[0], 0))
+		for range n {
+			c := dial(b, lab.Client, lab.Client.Addrs4[0], server)
+			b.Cleanup(func() { c.Close() })
+		}
+		dc, err := diag.Dial(&diag.Config{NetNS: lab.Client.NSFD()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { dc.Close() })
+		eventually(b, 10*time.Second, policy+": two subflows per connection", func() bool {
+			sfs, err := dc.ListSubflows(nil, diag.States(diag.StateEstablished))
+			return err == nil && len(sfs) == 2*n
+		})
+		modes = append(modes, &mode{name: policy, pid: d.pid()})
+	}
+	const window = 10 * time.Second
+	for b.Loop() {
+		for _, m := range modes {
+			c, _ := cpuTime(b, m.pid, 0)
+			m.cpu = -c
+		}
+		time.Sleep(window)
+		for _, m := range modes {
+			c, _ := cpuTime(b, m.pid, 0)
+			m.cpu += c
+		}
+	}
+	per := func(m *mode) float64 { return float64(m.cpu.Microseconds()) / window.Seconds() }
+	for _, m := range modes {
+		b.ReportMetric(per(m), m.name+"-cpu-µs/s")
+	}
+	b.ReportMetric(per(modes[0])/per(modes[1]), "handover/subflow-per-interface")
+	b.Logf("%d idle connections: handover %.0f µs of CPU per second, subflow-per-interface %.0f", n, per(modes[0]), per(modes[1]))
 }
