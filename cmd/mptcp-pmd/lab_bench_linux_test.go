@@ -132,15 +132,7 @@ func BenchmarkLab(b *testing.B) {
 		m.cpu, m.runs, m.events = -cpu, -runs, -len(m.kev.events())
 	}
 	for b.Loop() {
-		for i := range conns {
-			// Each mode in turn, starting with another one each time.
-			for j := range modes {
-				m := modes[(i+j)%len(modes)]
-				first, both := m.connect(b, i)
-				m.first, m.both = append(m.first, first), append(m.both, both)
-				time.Sleep(pace)
-			}
-		}
+		interleave(b, modes, conns, pace)
 	}
 
 	for _, m := range modes {
@@ -178,6 +170,20 @@ func BenchmarkLab(b *testing.B) {
 		b.ReportMetric(per, strings.ReplaceAll(m.name, " ", "-")+"-cpu-per-event-µs")
 	}
 	b.Log("\n" + table.String())
+}
+
+// interleave opens conns connections in each mode, each mode in turn
+// (starting with another one each time), pace apart, and records how soon
+// each got its extra subflows.
+func interleave(b *testing.B, modes []*labMode, conns int, pace time.Duration) {
+	for i := range conns {
+		for j := range modes {
+			m := modes[(i+j)%len(modes)]
+			first, both := m.connect(b, i)
+			m.first, m.both = append(m.first, first), append(m.both, both)
+			time.Sleep(pace)
+		}
+	}
 }
 
 // newLabMode makes a mode's lab (three paths, the client's path manager

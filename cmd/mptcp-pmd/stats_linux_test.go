@@ -419,14 +419,7 @@ func BenchmarkStatisticsLoad(b *testing.B) {
 		}
 	}()
 	for b.Loop() {
-		for i := range conns {
-			for j := range modes {
-				m := modes[(i+j)%len(modes)]
-				first, both := m.connect(b, i)
-				m.first, m.both = append(m.first, first), append(m.both, both)
-				time.Sleep(2 * time.Millisecond)
-			}
-		}
+		interleave(b, modes, conns, 2*time.Millisecond)
 	}
 	close(stop)
 	<-done

@@ -285,11 +285,8 @@ var ErrNoSuchConn = errors.New("no MPTCP connection with this token")
 func (c *Client) ConnByToken(token uint32) (Conn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.seq++
-	c.req = appendRequest(c.req[:0], c.seq, afInet, ipprotoMPTCP, extInfo, AllStates)
-	ne.PutUint16(c.req[6:], nlmFRequest) // one socket, not a dump
-	id := c.req[nlmsgHdrLen+8:]          // struct inet_diag_sockid
-	ne.PutUint32(id[40:], token)         // idiag_cookie[0]: mptcp_diag looks the token up
+	id := c.oneRequest(afInet, ipprotoMPTCP)
+	ne.PutUint32(id[40:], token) // idiag_cookie[0]: mptcp_diag looks the token up
 	ne.PutUint32(id[44:], 0)
 	var out Conn
 	err := c.one(func(p []byte) (err error) {
@@ -324,10 +321,7 @@ func (c *Client) Subflow(local, remote netip.AddrPort, ifindex int32) (Subflow, 
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.seq++
-	c.req = appendRequest(c.req[:0], c.seq, family, ipprotoTCP, extInfo, AllStates)
-	ne.PutUint16(c.req[6:], nlmFRequest) // one socket, not a dump
-	id := c.req[nlmsgHdrLen+8:]          // struct inet_diag_sockid
+	id := c.oneRequest(family, ipprotoTCP)
 	binary.BigEndian.PutUint16(id[0:], local.Port())
 	binary.BigEndian.PutUint16(id[2:], remote.Port())
 	if family == afInet {
@@ -355,6 +349,16 @@ func (c *Client) Subflow(local, remote netip.AddrPort, ifindex int32) (Subflow, 
 		return Subflow{}, fmt.Errorf("diag: subflow %s -> %s: %w", local, remote, err)
 	}
 	return out, nil
+}
+
+// oneRequest makes c.req a request for one socket (not a dump) of family
+// and protocol, with the socket's information, and returns its struct
+// inet_diag_sockid for the caller to fill in. c.mu is held.
+func (c *Client) oneRequest(family uint8, protocol uint16) (sockid []byte) {
+	c.seq++
+	c.req = appendRequest(c.req[:0], c.seq, family, protocol, extInfo, AllStates)
+	ne.PutUint16(c.req[6:], nlmFRequest)
+	return c.req[nlmsgHdrLen+8:]
 }
 
 // one sends the request in c.req, for one socket, and calls decode with
