@@ -89,6 +89,13 @@ type Options struct {
 	// Counters reads the kernel's MPTCP counters for GetCounters; nil
 	// answers NotSupported.
 	Counters CounterSource
+	// Heavy runs the work of the calls whose cost grows with the number of
+	// connections (GetManagedObjects, Manager.GetStatistics: 100 ms and
+	// more at 10,000), so that the embedder can keep it from delaying the
+	// reaction to the kernel's events (mptcp-pmd gives the process a
+	// second processor while it runs). It returns when work has. nil runs
+	// the work in place.
+	Heavy func(work func())
 	// SignalQueue bounds the signals other than PropertiesChanged that
 	// may wait to be sent (the emitter); beyond it they are dropped and
 	// counted. 0 means DefaultSignalQueue.
@@ -132,6 +139,7 @@ type Server struct {
 	connectionXML string
 	stats         StatsSource   // nil: none
 	counters      CounterSource // nil: none
+	heavy         func(work func())
 }
 
 // New exports the manager object /org/mptcp/PathManager1 and the connection
@@ -150,6 +158,9 @@ func New(conn *dbus.Conn, b Backend, opts Options) (*Server, error) {
 		counters: opts.Counters,
 
 		inFlight: newInFlight(conn, opts),
+	}
+	if s.heavy = opts.Heavy; s.heavy == nil {
+		s.heavy = func(work func()) { work() }
 	}
 	if s.auth == nil {
 		s.auth = rootOnly{}
@@ -504,15 +515,18 @@ func connectionInterfaces() []string {
 // straight from the mirror's connections (wireConn.intercept): at 10,000
 // connections godbus took a second and left tens of megabytes of garbage.
 // The objects are in the order of their ids.
-func (s *Server) getManagedObjects(msg dbus.Message) (map[dbus.ObjectPath]map[string]map[string]dbus.Variant, *dbus.Error) {
-	cs := s.managed()
-	if w := s.em.wire; w != nil && w.takeOwed(msgSender(msg), msg.Serial()) {
-		if err := w.replyManaged(msgSender(msg), msg.Serial(), cs); err != nil {
-			s.log.Warn("dbusapi: GetManagedObjects reply", "to", msgSender(msg), "err", err)
+func (s *Server) getManagedObjects(msg dbus.Message) (objs map[dbus.ObjectPath]map[string]map[string]dbus.Variant, _ *dbus.Error) {
+	s.heavy(func() {
+		cs := s.managed()
+		if w := s.em.wire; w != nil && w.takeOwed(msgSender(msg), msg.Serial()) {
+			if err := w.replyManaged(msgSender(msg), msg.Serial(), cs); err != nil {
+				s.log.Warn("dbusapi: GetManagedObjects reply", "to", msgSender(msg), "err", err)
+			}
+			return
 		}
-		return nil, nil
-	}
-	return toGodbus([]any{cs})[0].(map[dbus.ObjectPath]map[string]map[string]dbus.Variant), nil
+		objs = toGodbus([]any{cs})[0].(map[dbus.ObjectPath]map[string]map[string]dbus.Variant)
+	})
+	return objs, nil
 }
 
 // managed returns the mirror's connections in the order of their ids.

@@ -132,10 +132,16 @@ func (s *Server) getConnectionStatistics(msg dbus.Message) (map[string]dbus.Vari
 // connection that Connect made the reply is written here, encoded
 // straight from the statistics (statsReply), as GetManagedObjects is:
 // through godbus the reply of 10,000 connections took 0.5 s to encode.
-func (s *Server) getStatistics(msg dbus.Message) (map[dbus.ObjectPath]map[string]dbus.Variant, *dbus.Error) {
+func (s *Server) getStatistics(msg dbus.Message) (out map[dbus.ObjectPath]map[string]dbus.Variant, derr *dbus.Error) {
 	if s.stats == nil {
 		return nil, s.refused(msg, dbusError(fmt.Errorf("%w: no statistics source", service.ErrNotSupported)))
 	}
+	s.heavy(func() { out, derr = s.allStatistics(msg) })
+	return out, derr
+}
+
+// allStatistics is getStatistics's work.
+func (s *Server) allStatistics(msg dbus.Message) (map[dbus.ObjectPath]map[string]dbus.Variant, *dbus.Error) {
 	all, err := s.stats.Stats(nil, false)
 	if err != nil {
 		return nil, s.refused(msg, dbusError(fmt.Errorf("%w: statistics: %v", service.ErrFailed, err)))

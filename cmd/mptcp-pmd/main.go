@@ -69,10 +69,12 @@ var errUsage = errors.New("usage")
 // processors each hand-off wakes another thread and idle ones spin looking
 // for work. Measured with make bench-lab (endpoints policy, 400
 // connections, one run): 207 -> 158 µs of CPU per kernel event, and no
-// slower reaction.
+// slower reaction. The calls whose work grows with the number of
+// connections get a second processor while they run (heavy).
 func oneProcessor() {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
+		heavy.on = true
 	}
 }
 
@@ -286,7 +288,8 @@ func (d *pmd) open(ctx context.Context) error {
 		return fmt.Errorf("sock_diag: %w", err)
 	}
 	if d.srv, err = dbusapi.New(d.conn, d.svc, dbusapi.Options{Authorizer: d.auth, Logger: d.log,
-		Stats: &statsSource{dc: d.stats, cgroups: &d.cgroups, rules: d.svc}, Counters: pm.Counters}); err != nil {
+		Stats: &statsSource{dc: d.stats, cgroups: &d.cgroups, rules: d.svc}, Counters: pm.Counters,
+		Heavy: heavy.run}); err != nil {
 		return err
 	}
 	pub.Publisher = d.srv
