@@ -436,7 +436,11 @@ func (s *Service) flush() {
 		s.pub.Publish(n)
 		s.outbox[i] = nil
 	}
-	s.outbox = s.outbox[:0]
+	if cap(s.outbox) > shrinkAbove {
+		s.outbox = nil // a resync's or a reconcile's burst: do not keep it
+	} else {
+		s.outbox = s.outbox[:0]
+	}
 }
 
 // publishManager publishes ManagerChanged for the named properties.
