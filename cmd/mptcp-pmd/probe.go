@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"time"
 
@@ -27,6 +26,7 @@ func probeSubflows(ctx context.Context, svc *service.Service, log *slog.Logger) 
 	}
 	defer dc.Close()
 	var sfs []diag.Subflow
+	var keys []diag.SubflowKey
 	var probes []service.SubflowProbe
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -47,7 +47,7 @@ func probeSubflows(ctx context.Context, svc *service.Service, log *slog.Logger) 
 		if err != nil {
 			continue // stopping
 		}
-		sfs, err = probe(dc, targets, sfs[:0])
+		keys, sfs, err = probe(dc, targets, keys, sfs[:0])
 		if err != nil {
 			if !failing {
 				log.Warn("handover: probing the subflows failed", "err", err)
@@ -81,27 +81,25 @@ func probeSubflows(ctx context.Context, svc *service.Service, log *slog.Logger) 
 const probeLookupMax = 64
 
 // probe appends the TCP state of the targets to sfs: looked up one by one
-// when they are few, else listed with every established subflow. A target
-// not found (it closed as it was looked up, or its socket is bound to
-// another interface than the one the service knows) makes it list them
-// all, this once.
-func probe(dc *diag.Client, targets []service.ProbeTarget, sfs []diag.Subflow) ([]diag.Subflow, error) {
-	if len(targets) <= probeLookupMax {
-		n := len(sfs)
-		for _, t := range targets {
-			sf, err := dc.Subflow(t.Local, t.Remote, t.Ifindex)
-			if errors.Is(err, diag.ErrNoSuchSubflow) {
-				sfs = sfs[:n]
-				return dc.ListSubflows(sfs, diag.States(diag.StateEstablished))
-			}
-			if err != nil {
-				return sfs, err
-			}
-			sfs = append(sfs, sf)
-		}
-		return sfs, nil
+// (the requests in one datagram) when they are few, else listed with every
+// established subflow. A target not found (it closed as it was looked up,
+// or its socket is bound to another interface than the one the service
+// knows) makes it list them all, this once.
+func probe(dc *diag.Client, targets []service.ProbeTarget, keys []diag.SubflowKey, sfs []diag.Subflow) ([]diag.SubflowKey, []diag.Subflow, error) {
+	if len(targets) > probeLookupMax {
+		sfs, err := dc.ListSubflows(sfs, diag.States(diag.StateEstablished))
+		return keys, sfs, err
 	}
-	return dc.ListSubflows(sfs, diag.States(diag.StateEstablished))
+	keys = keys[:0]
+	for _, t := range targets {
+		keys = append(keys, diag.SubflowKey{Local: t.Local, Remote: t.Remote, Ifindex: t.Ifindex})
+	}
+	n := len(sfs)
+	sfs, missing, err := dc.LookupSubflows(sfs, keys)
+	if err == nil && missing > 0 {
+		sfs, err = dc.ListSubflows(sfs[:n], diag.States(diag.StateEstablished))
+	}
+	return keys, sfs, err
 }
 
 // startProber starts the prober once the policy, or a rule's, is

@@ -36,11 +36,11 @@ func TestProbeLooksUp(t *testing.T) {
 		targets = append(targets, service.ProbeTarget{Token: sf.Token, Local: sf.Local, Remote: sf.Remote, Ifindex: int32(sf.Ifindex)})
 	}
 	for _, tg := range targets { // so that probe does not fall back to a listing
-		if _, err := dc.Subflow(tg.Local, tg.Remote, tg.Ifindex); err != nil {
+		if _, err := dc.Subflow(diag.SubflowKey{Local: tg.Local, Remote: tg.Remote, Ifindex: tg.Ifindex}); err != nil {
 			t.Fatalf("lookup of %+v: %v", tg, err)
 		}
 	}
-	got, err := probe(dc, targets, nil)
+	_, got, err := probe(dc, targets, nil, nil)
 	if err != nil || len(got) != 2 {
 		t.Fatalf("probe = %+v, %v", got, err)
 	}
@@ -50,7 +50,7 @@ func TestProbeLooksUp(t *testing.T) {
 		}
 	}
 	gone := append(targets, service.ProbeTarget{Token: targets[0].Token, Local: netip.AddrPortFrom(cli.Addrs4[0], 1), Remote: server})
-	if got, err := probe(dc, gone, nil); err != nil || len(got) != 2 {
+	if _, got, err := probe(dc, gone, nil, nil); err != nil || len(got) != 2 {
 		t.Errorf("probe with a target that is gone = %+v, %v; want the two listed", got, err)
 	}
 }

@@ -456,21 +456,36 @@ func TestEndpointSubflows(t *testing.T) {
 			if cs.Side != SideClient || ss.Side != SideServer {
 				t.Errorf("sides %v/%v, subflows total %d", cs.Side, ss.Side, cs.Info.SubflowsTotal)
 			}
-			// Each subflow looked up alone is the dump's, at both ends.
+			// Each subflow looked up alone is the dump's, at both ends; so
+			// are all of them looked up at once, with one that is not there.
+			gone := SubflowKey{Local: netip.AddrPortFrom(local.Addr(), local.Port()^0x5a5a), Remote: srvr.Addr}
 			for _, x := range []struct {
 				d   *Client
 				sfs []Subflow
 			}{{cd, cs.Subflows}, {sd, ss.Subflows}} {
+				same := func(got, want Subflow) bool {
+					return got.Token == want.Token && got.Local == want.Local && got.Remote == want.Remote &&
+						got.LocalID == want.LocalID && got.Backup == want.Backup && got.State == want.State && got.Inode == want.Inode
+				}
+				var keys []SubflowKey
 				for _, s := range x.sfs {
-					one, err := x.d.Subflow(s.Local, s.Remote, int32(s.Ifindex))
-					if err != nil || one.Token != s.Token || one.Local != s.Local || one.Remote != s.Remote ||
-						one.LocalID != s.LocalID || one.Backup != s.Backup || one.State != s.State || one.Inode != s.Inode {
-						t.Errorf("Subflow(%s, %s) = %+v, %v; the dump says %+v", s.Local, s.Remote, one, err, s)
+					k := SubflowKey{Local: s.Local, Remote: s.Remote, Ifindex: int32(s.Ifindex)}
+					keys = append(keys, k)
+					if one, err := x.d.Subflow(k); err != nil || !same(one, s) {
+						t.Errorf("Subflow(%+v) = %+v, %v; the dump says %+v", k, one, err, s)
+					}
+				}
+				all, missing, err := x.d.LookupSubflows(nil, append(keys, gone))
+				if err != nil || missing != 1 || len(all) != len(x.sfs) {
+					t.Fatalf("LookupSubflows: %d found, %d missing, %v; want %d and 1", len(all), missing, err, len(x.sfs))
+				}
+				for i := range all {
+					if !same(all[i], x.sfs[i]) {
+						t.Errorf("LookupSubflows[%d] = %+v; the dump says %+v", i, all[i], x.sfs[i])
 					}
 				}
 			}
-			gone := netip.AddrPortFrom(local.Addr(), local.Port()^0x5a5a)
-			if _, err := cd.Subflow(gone, srvr.Addr, 0); !errors.Is(err, ErrNoSuchSubflow) {
+			if _, err := cd.Subflow(gone); !errors.Is(err, ErrNoSuchSubflow) {
 				t.Errorf("Subflow of no socket: %v, want ErrNoSuchSubflow", err)
 			}
 			byID := map[uint8]Subflow{}

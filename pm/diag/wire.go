@@ -116,13 +116,53 @@ func appendRequest(b []byte, seq uint32, family uint8, protocol uint16, ext uint
 // the kernel's error from an NLMSG_ERROR or a negative NLMSG_DONE as a
 // syscall.Errno. An error returned by fn ends the walk and is returned.
 func parseDump(b []byte, seq uint32, fn func(payload []byte) error) (done bool, err error) {
+	err = walkMessages(b, func(typ uint16, s uint32, p []byte) error {
+		if s != seq {
+			return nil
+		}
+		switch typ {
+		case sockDiagByFamily:
+			return fn(p)
+		case nlmsgDone:
+			done = true
+			if len(p) >= 4 {
+				if e := int32(ne.Uint32(p)); e < 0 {
+					return syscall.Errno(-e)
+				}
+			}
+			return errDone
+		case nlmsgError:
+			done = true
+			if len(p) < 4 {
+				return fmt.Errorf("%w: short NLMSG_ERROR", errMalformed)
+			}
+			if e := int32(ne.Uint32(p)); e < 0 {
+				return syscall.Errno(-e)
+			}
+			done = false // an acknowledgement: a dump does not send one, ignore it
+		}
+		return nil
+	})
+	if err == errDone {
+		err = nil
+	}
+	return done, err
+}
+
+// errDone ends parseDump's walk at the dump's end.
+var errDone = errors.New("diag: end of dump")
+
+// walkMessages calls fn with the type, sequence number and payload of each
+// netlink message of datagram b, until fn returns an error, which it
+// returns.
+func walkMessages(b []byte, fn func(typ uint16, seq uint32, payload []byte) error) error {
 	for len(b) > 0 {
 		if len(b) < nlmsgHdrLen {
-			return false, fmt.Errorf("%w: %d trailing bytes", errMalformed, len(b))
+			return fmt.Errorf("%w: %d trailing bytes", errMalformed, len(b))
 		}
 		l := int(ne.Uint32(b[0:]))
 		if l < nlmsgHdrLen || l > len(b) {
-			return false, fmt.Errorf("%w: netlink message length %d of %d bytes", errMalformed, l, len(b))
+			return fmt.Errorf("%w: netlink message length %d of %d bytes", errMalformed, l, len(b))
 		}
 		typ := ne.Uint16(b[4:])
 		s := ne.Uint32(b[8:])
@@ -132,32 +172,11 @@ func parseDump(b []byte, seq uint32, fn func(payload []byte) error) (done bool, 
 		} else {
 			b = nil
 		}
-		if s != seq {
-			continue
-		}
-		switch typ {
-		case sockDiagByFamily:
-			if err := fn(p); err != nil {
-				return false, err
-			}
-		case nlmsgDone:
-			if len(p) >= 4 {
-				if e := int32(ne.Uint32(p)); e < 0 {
-					return true, syscall.Errno(-e)
-				}
-			}
-			return true, nil
-		case nlmsgError:
-			if len(p) < 4 {
-				return true, fmt.Errorf("%w: short NLMSG_ERROR", errMalformed)
-			}
-			if e := int32(ne.Uint32(p)); e < 0 {
-				return true, syscall.Errno(-e)
-			}
-			// An acknowledgement: a dump does not send one, ignore it.
+		if err := fn(typ, s, p); err != nil {
+			return err
 		}
 	}
-	return false, nil
+	return nil
 }
 
 // attrIter walks netlink attributes without allocating.
