@@ -90,8 +90,8 @@ type Options struct {
 	// answers NotSupported.
 	Counters CounterSource
 	// Heavy runs the work of the calls whose cost grows with the number of
-	// connections (GetManagedObjects, Manager.GetStatistics: 100 ms and
-	// more at 10,000), so that the embedder can keep it from delaying the
+	// connections (GetManagedObjects, GetStatistics: 100 ms and more at
+	// 10,000), so that the embedder can keep it from delaying the
 	// reaction to the kernel's events (mptcp-pmd gives the process a
 	// second processor while it runs). It returns when work has. nil runs
 	// the work in place.

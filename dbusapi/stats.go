@@ -116,7 +116,9 @@ func (s *Server) getConnectionStatistics(msg dbus.Message) (map[string]dbus.Vari
 	if s.stats == nil {
 		return nil, dbusError(fmt.Errorf("%w: no statistics source", service.ErrNotSupported))
 	}
-	all, err := s.stats.Stats([]uint32{c.Token}, true)
+	var all map[uint32]ConnStats
+	var err error
+	s.heavy(func() { all, err = s.stats.Stats([]uint32{c.Token}, true) }) // a listing of every socket
 	if err != nil {
 		return nil, dbusError(fmt.Errorf("%w: statistics: %v", service.ErrFailed, err))
 	}

@@ -109,3 +109,40 @@ func TestGetCounters(t *testing.T) {
 		t.Errorf("GetCounters = %v", m)
 	}
 }
+
+// TestHeavyCalls: the calls whose work grows with the number of
+// connections run through Options.Heavy, and the others do not.
+func TestHeavyCalls(t *testing.T) {
+	var mu sync.Mutex
+	var n int
+	h := newHarness(t, Options{Heavy: func(work func()) {
+		mu.Lock()
+		n++
+		mu.Unlock()
+		work()
+	}}, withState)
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return n
+	}
+	for _, c := range []struct {
+		obj    dbus.ObjectPath
+		method string
+		heavy  bool
+	}{
+		{ManagerPath, objectManagerInterface + ".GetManagedObjects", true},
+		{ManagerPath, ManagerInterface + ".GetStatistics", true},
+		{ConnectionPath(1), ConnectionInterface + ".GetStatistics", true},
+		{ManagerPath, ManagerInterface + ".GetCounters", false},
+		{ManagerPath, "org.freedesktop.DBus.Peer.Ping", false},
+	} {
+		before := count()
+		if err := h.obj(c.obj).Call(c.method, 0).Err; err != nil {
+			t.Fatalf("%s: %v", c.method, err)
+		}
+		if got := count() - before; got != map[bool]int{true: 1, false: 0}[c.heavy] {
+			t.Errorf("%s ran through Heavy %d times", c.method, got)
+		}
+	}
+}
