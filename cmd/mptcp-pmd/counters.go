@@ -21,16 +21,26 @@ type counterEmitter interface {
 	EmitCounterIncreased(name string, value, increase uint64) error
 }
 
-// watchCounters reads the MPTcpExt counters every interval and, when one
-// of pm.TroubleCounters grew, logs it and signals it, each counter at most
-// once per quiet (the growth meanwhile is carried to the next signal),
-// until ctx ends. Growth before the daemon started is not signalled.
-func watchCounters(ctx context.Context, em counterEmitter, log *slog.Logger, interval, quiet time.Duration) {
+// counterBaseline reads the counters the watcher compares with, before the
+// daemon takes its bus name: growth from then on is signalled, growth
+// before is not. It returns nil, having said why, when they cannot be read.
+func counterBaseline(log *slog.Logger) map[string]uint64 {
 	last, err := pm.Counters()
 	if err != nil {
 		if !errors.Is(err, pm.ErrNotSupported) {
 			log.Warn("the kernel's MPTCP counters cannot be read: no CounterIncreased signals", "err", err)
 		}
+		return nil
+	}
+	return last
+}
+
+// watchCounters reads the MPTcpExt counters every interval and, when one
+// of pm.TroubleCounters grew from last (counterBaseline) on, logs it and
+// signals it, each counter at most once per quiet (the growth meanwhile is
+// carried to the next signal), until ctx ends. A nil last does nothing.
+func watchCounters(ctx context.Context, em counterEmitter, log *slog.Logger, interval, quiet time.Duration, last map[string]uint64) {
+	if last == nil {
 		return
 	}
 	pending := map[string]uint64{}

@@ -404,6 +404,7 @@ func (d *pmd) serve(ctx context.Context, stop func(), hup <-chan os.Signal) erro
 	case <-ctx.Done():
 		return <-runErr
 	}
+	counters := counterBaseline(d.log)
 	if err := d.srv.RequestName(ctx); err != nil {
 		stop()
 		runFailed := <-runErr
@@ -421,7 +422,7 @@ func (d *pmd) serve(ctx context.Context, stop func(), hup <-chan os.Signal) erro
 		}
 	}
 	go trimMemory(ctx, trimInterval, trimThreshold, d.log)
-	go watchCounters(ctx, d.srv, d.log, d.opts.counterInterval, counterQuiet)
+	go watchCounters(ctx, d.srv, d.log, d.opts.counterInterval, counterQuiet, counters)
 	d.log.Info("mptcp-pmd running", "version", version, "policy", d.cfg.Policy, "bus_name", dbusapi.BusName,
 		"startup", time.Since(d.started).Round(time.Microsecond))
 	stall := time.NewTicker(time.Second)
