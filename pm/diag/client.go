@@ -1,6 +1,7 @@
 package diag
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -285,11 +286,16 @@ var ErrNoSuchConn = errors.New("no MPTCP connection with this token")
 func (c *Client) ConnByToken(token uint32) (Conn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	id := c.oneRequest(afInet, ipprotoMPTCP)
+	c.seq++
+	var id []byte
+	c.req, id = appendLookup(c.req[:0], c.seq, afInet, ipprotoMPTCP)
 	ne.PutUint32(id[40:], token) // idiag_cookie[0]: mptcp_diag looks the token up
 	ne.PutUint32(id[44:], 0)
 	var out Conn
-	err := c.one(func(p []byte) (err error) {
+	err := c.exchange(c.seq, 1, func(p []byte, refused error) (err error) {
+		if refused != nil {
+			return refused
+		}
 		out, err = decodeConn(p)
 		return err
 	})
@@ -347,63 +353,28 @@ func (c *Client) LookupSubflows(dst []Subflow, keys []SubflowKey) (_ []Subflow, 
 		c.seq++
 		c.req = appendSubflowLookup(c.req, c.seq, k)
 	}
-	if err := c.rc.Write(c.writeFn); err != nil {
-		return dst, 0, fmt.Errorf("diag: look subflows up: %w", err)
-	}
-	if c.ioErr != nil {
-		return dst, 0, fmt.Errorf("diag: look subflows up: %w", c.ioErr)
-	}
-	pending := len(keys)
 	var refused error
-	for pending > 0 {
-		if err := c.rc.Read(c.readFn); err != nil {
-			return dst, missing, fmt.Errorf("diag: look subflows up: %w", err)
-		}
-		if c.ioErr != nil {
-			return dst, missing, fmt.Errorf("diag: look subflows up: %w", c.ioErr)
-		}
-		if c.tail < 0 {
-			return dst, missing, fmt.Errorf("diag: look subflows up: %w: reply too large", errMalformed)
-		}
-		err := walkMessages(c.buf[:c.tail], func(typ uint16, seq uint32, p []byte) error {
-			if seq-first >= uint32(len(keys)) {
-				return nil // not one of these requests' replies
+	err := c.exchange(first, len(keys), func(p []byte, e error) error {
+		switch {
+		case errors.Is(e, syscall.ENOENT):
+			missing++
+		case e != nil:
+			refused = cmp.Or(refused, e)
+		default:
+			sf, ok, err := decodeSubflow(p)
+			if err != nil {
+				return err
 			}
-			switch typ {
-			case sockDiagByFamily:
-				sf, ok, err := decodeSubflow(p)
-				if err != nil {
-					return err
-				}
-				pending--
-				if ok {
-					dst = append(dst, sf)
-				} else {
-					missing++ // a TCP socket, not an MPTCP subflow
-				}
-			case nlmsgError:
-				if len(p) < 4 {
-					return fmt.Errorf("%w: short NLMSG_ERROR", errMalformed)
-				}
-				e := int32(ne.Uint32(p))
-				if e == 0 {
-					return nil // an acknowledgement
-				}
-				pending--
-				if syscall.Errno(-e) == syscall.ENOENT {
-					missing++
-				} else if refused == nil {
-					refused = syscall.Errno(-e)
-				}
+			if ok {
+				dst = append(dst, sf)
+			} else {
+				missing++ // a TCP socket, not an MPTCP subflow
 			}
-			return nil
-		})
-		if err != nil {
-			return dst, missing, fmt.Errorf("diag: look subflows up: %w", err)
 		}
-	}
-	if refused != nil {
-		return dst, missing, fmt.Errorf("diag: look subflows up: %w", refused)
+		return nil
+	})
+	if err = cmp.Or(err, refused); err != nil {
+		return dst, missing, fmt.Errorf("diag: look subflows up: %w", err)
 	}
 	return dst, missing, nil
 }
@@ -416,10 +387,7 @@ func appendSubflowLookup(b []byte, seq uint32, k SubflowKey) []byte {
 	if l.Is4() && r.Is4() {
 		family = afInet
 	}
-	at := len(b)
-	b = appendRequest(b, seq, family, ipprotoTCP, extInfo, AllStates)
-	ne.PutUint16(b[at+6:], nlmFRequest) // one socket, not a dump
-	id := b[at+nlmsgHdrLen+8:]          // struct inet_diag_sockid
+	b, id := appendLookup(b, seq, family, ipprotoTCP)
 	binary.BigEndian.PutUint16(id[0:], k.Local.Port())
 	binary.BigEndian.PutUint16(id[2:], k.Remote.Port())
 	if family == afInet {
@@ -437,28 +405,28 @@ func appendSubflowLookup(b []byte, seq uint32, k SubflowKey) []byte {
 	return b
 }
 
-// oneRequest makes c.req a request for one socket (not a dump) of family
-// and protocol, with the socket's information, and returns its struct
-// inet_diag_sockid for the caller to fill in. c.mu is held.
-func (c *Client) oneRequest(family uint8, protocol uint16) (sockid []byte) {
-	c.seq++
-	c.req = appendRequest(c.req[:0], c.seq, family, protocol, extInfo, AllStates)
-	ne.PutUint16(c.req[6:], nlmFRequest)
-	return c.req[nlmsgHdrLen+8:]
+// appendLookup appends a request for one socket (not a dump) of family
+// and protocol, with the socket's information, and returns it with its
+// struct inet_diag_sockid for the caller to fill in.
+func appendLookup(b []byte, seq uint32, family uint8, protocol uint16) (_, sockid []byte) {
+	at := len(b)
+	b = appendRequest(b, seq, family, protocol, extInfo, AllStates)
+	ne.PutUint16(b[at+6:], nlmFRequest)
+	return b, b[at+nlmsgHdrLen+8:]
 }
 
-// one sends the request in c.req, for one socket, and calls decode with
-// the payload of the reply; the kernel's refusal is a syscall.Errno.
-// c.mu is held.
-func (c *Client) one(decode func(payload []byte) error) error {
-	seq := c.seq
+// exchange sends the n requests in c.req, for one socket each, with the
+// sequence numbers first to first+n-1, and calls reply with the payload
+// of each answer, or with the kernel's refusal of it as a syscall.Errno,
+// until every one has come or reply fails. c.mu is held.
+func (c *Client) exchange(first uint32, n int, reply func(payload []byte, refused error) error) error {
 	if err := c.rc.Write(c.writeFn); err != nil {
 		return err
 	}
 	if c.ioErr != nil {
 		return c.ioErr
 	}
-	for got := false; !got; {
+	for pending := n; pending > 0; {
 		if err := c.rc.Read(c.readFn); err != nil {
 			return err
 		}
@@ -468,10 +436,26 @@ func (c *Client) one(decode func(payload []byte) error) error {
 		if c.tail < 0 {
 			return fmt.Errorf("%w: reply too large", errMalformed)
 		}
-		if _, err := parseDump(c.buf[:c.tail], seq, func(p []byte) error {
-			got = true
-			return decode(p)
-		}); err != nil {
+		err := walkMessages(c.buf[:c.tail], func(typ uint16, seq uint32, p []byte) error {
+			if seq-first >= uint32(n) {
+				return nil // not an answer to these requests (sequence numbers wrap)
+			}
+			switch typ {
+			case sockDiagByFamily:
+				pending--
+				return reply(p, nil)
+			case nlmsgError:
+				if len(p) < 4 {
+					return fmt.Errorf("%w: short NLMSG_ERROR", errMalformed)
+				}
+				if e := int32(ne.Uint32(p)); e < 0 {
+					pending--
+					return reply(nil, syscall.Errno(-e))
+				}
+			}
+			return nil // an acknowledgement, which these requests do not ask for
+		})
+		if err != nil {
 			return err
 		}
 	}
