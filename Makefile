@@ -41,8 +41,11 @@ bench:
 # kernel's in-kernel path manager, mptcp-pmd's policies and a minimal Go
 # userspace path manager (the floor), and Debian's mptcpd where installed
 # (apt-get install mptcpd mptcpd-plugins), interleaved connection by
-# connection in one run; prints a table of medians, p99 and ratios, and the
-# daemons' CPU time per kernel event (about 10 s per 200 connections; root,
+# connection in one run, in a shuffled order; prints a table of medians,
+# p99 and ratios (times of the packets that cause the events, by the
+# kernel's clock), and the daemons' CPU time per kernel event; with
+# LAB_BASELINE=path/to/another/mptcp-pmd, that build's policies too, for an
+# A/B comparison in one run (about 10 s per 200 connections; root,
 # MPTCP and dbus-daemon). LAB_CONNS connections per mode. Then a burst of
 # BURST_CONNS connections opened at once (subflow-per-interface): until
 # every one has its subflows, and the daemon's memory per connection. Then

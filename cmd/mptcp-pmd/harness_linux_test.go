@@ -131,6 +131,9 @@ type daemonSpec struct {
 	Args []string
 	// Env is added to the environment (DBUS_SYSTEM_BUS_ADDRESS is set).
 	Env []string
+	// Binary, if set, is run instead of the built mptcp-pmd (a baseline
+	// build, for a benchmark that compares two).
+	Binary string
 }
 
 // testDaemon is a running mptcp-pmd.
@@ -177,8 +180,11 @@ func runtimeDir(tb testing.TB, h *pmtest.Host) string {
 // bus's address: ip netns exec NS mptcp-pmd DEFAULTS ARGS.
 func daemonCommand(ctx context.Context, tb testing.TB, h *pmtest.Host, bus *dbustest.Bus, spec daemonSpec) *exec.Cmd {
 	tb.Helper()
-	bin := binDir(tb)
-	args := append([]string{"netns", "exec", h.Name, filepath.Join(bin, "mptcp-pmd"),
+	bin := filepath.Join(binDir(tb), "mptcp-pmd")
+	if spec.Binary != "" {
+		bin = spec.Binary
+	}
+	args := append([]string{"netns", "exec", h.Name, bin,
 		configArg(tb, "# empty: the defaults\n"), "--policy", "none", "--log-level", "debug",
 		"--runtime-dir=" + runtimeDir(tb, h)}, spec.Args...)
 	cmd := exec.CommandContext(ctx, "ip", args...)
