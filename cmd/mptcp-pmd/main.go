@@ -502,29 +502,25 @@ type publisher struct{ service.Publisher }
 
 // readEvents hands the kernel's events to the service, in order, until the
 // listener is closed. Lost events (a full socket) make the service resync.
+// Follow lets the service act on the events of a wake-up before the socket
+// is read again.
 func readEvents(l *pmnl.EventListener, out chan<- pm.Event, svc *service.Service, log *slog.Logger) {
 	defer close(out)
-	buf := make([]pm.Event, 0, 64)
-	for {
-		evs, err := l.Receive(buf)
+	err := l.Follow(func(evs []pm.Event, err error) bool {
 		for _, ev := range evs {
 			out <- ev
 		}
 		switch {
-		case err == nil:
 		case errors.Is(err, pmnl.ErrOverflow):
-			n, err := l.Discard()
-			log.Warn("kernel events were lost (event socket overflow); the queued ones are dropped too", "dropped", n, "err", err)
+			log.Warn("kernel events were lost (event socket overflow); the queued ones are dropped too", "err", err)
 			svc.Overflow()
-		case errors.Is(err, pm.ErrInvalid):
+		case err != nil:
 			log.Warn("malformed kernel event skipped", "err", err)
-		case errors.Is(err, net.ErrClosed):
-			return
-		default:
-			log.Error("reading kernel events failed", "err", err)
-			return
 		}
-		buf = evs[:0]
+		return true
+	})
+	if !errors.Is(err, net.ErrClosed) {
+		log.Error("reading kernel events failed", "err", err)
 	}
 }
 

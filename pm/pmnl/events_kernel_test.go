@@ -602,3 +602,103 @@ func BenchmarkReceiveGenetlink(b *testing.B) {
 		return n, err
 	})
 }
+
+// follow runs l.Follow on a goroutine, collecting what fn gets until fn's
+// stop says to stop; it returns a function that waits for Follow's end
+// and returns the events, the errors fn got, and Follow's error.
+func follow(l *pmnl.EventListener, stop func(evs []pm.Event) bool) func() ([]pm.Event, []error, error) {
+	var (
+		evs  []pm.Event
+		errs []error
+		ferr error
+	)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ferr = l.Follow(func(batch []pm.Event, err error) bool {
+			evs = append(evs, batch...)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			return !stop(evs)
+		})
+	}()
+	return func() ([]pm.Event, []error, error) {
+		<-done
+		return evs, errs, ferr
+	}
+}
+
+// TestFollow: Follow delivers every event in order, those that come one
+// at a time (each receive finds the socket then empty, and Follow waits
+// for it to be signalled instead of reading it again) and those of a
+// burst larger than one receive (which it reads on at once), and returns
+// nil when fn says to stop.
+func TestFollow(t *testing.T) {
+	h := pmtest.NewNamespace(t)
+	l := listen(t, h)
+	const single, burst = 50, 500
+	want := 2 * (single + burst)
+	if err := l.SetDeadline(time.Now().Add(eventWait)); err != nil {
+		t.Fatal(err)
+	}
+	wait := follow(l, func(evs []pm.Event) bool { return len(evs) >= want })
+	for range single {
+		if err := churnListeners(h, 1); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := churnListeners(h, burst); err != nil {
+		t.Fatal(err)
+	}
+	evs, errs, err := wait()
+	if err != nil || len(errs) > 0 {
+		t.Fatalf("Follow after %d of %d events: %v, errors given to fn: %v", len(evs), want, err, errs)
+	}
+	if len(evs) != want {
+		t.Fatalf("%d events, want %d", len(evs), want)
+	}
+	for i := 0; i < len(evs); i += 2 {
+		c, d := evs[i], evs[i+1]
+		if c.Type != pm.EventListenerCreated || d.Type != pm.EventListenerClosed || c.LocalPort != d.LocalPort {
+			t.Fatalf("events %d and %d: %v %d, %v %d; want a listener's CREATED and CLOSED", i, i+1, c.Type, c.LocalPort, d.Type, d.LocalPort)
+		}
+	}
+}
+
+// TestFollowOverflow: after an overflow Follow drops what was queued, says
+// how much with an error wrapping ErrOverflow, and goes on with newer
+// events; Close ends it with net.ErrClosed.
+func TestFollowOverflow(t *testing.T) {
+	h := pmtest.NewNamespace(t)
+	l := listen(t, h)
+	if err := churnListeners(h, 30000); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.SetDeadline(time.Now().Add(eventWait)); err != nil {
+		t.Fatal(err)
+	}
+	overflowed := make(chan struct{})
+	var once sync.Once
+	wait := follow(l, func(evs []pm.Event) bool {
+		once.Do(func() { close(overflowed) })
+		return false
+	})
+	<-overflowed
+	if err := churnListeners(h, 1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	l.Close()
+	evs, errs, err := wait()
+	if !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Follow after Close: %v, want net.ErrClosed", err)
+	}
+	if len(errs) != 1 || !errors.Is(errs[0], pmnl.ErrOverflow) || !strings.Contains(errs[0].Error(), "queued events dropped") {
+		t.Fatalf("errors given to fn: %v; want one overflow that says how many were dropped", errs)
+	}
+	if len(evs) != 2 || evs[0].Type != pm.EventListenerCreated || evs[1].Type != pm.EventListenerClosed {
+		t.Errorf("events after the overflow: %+v; want only the new listener's CREATED and CLOSED", evs)
+	}
+}

@@ -184,26 +184,108 @@ func (l *EventListener) Receive(buf []pm.Event) ([]pm.Event, error) {
 		if err != nil {
 			return buf, err
 		}
-		var first error
-		for i := range n {
-			size := int(l.hdrs[i].Len)
-			switch {
-			case size > eventSlot:
-				err = fmt.Errorf("pm: receive events: datagram of %d bytes truncated to %d: %w", size, eventSlot, pm.ErrInvalid)
-			case l.froms[i].Pid != 0:
-				continue // from a user-space socket, not from the kernel
-			default:
-				buf, err = l.decode(buf, l.buf[i*eventSlot:i*eventSlot+size])
-			}
-			if first == nil {
-				first = err
-			}
-		}
-		if first != nil {
-			return buf, first
+		if buf, err = l.batch(buf, n); err != nil {
+			return buf, err
 		}
 	}
 	return buf, nil
+}
+
+// Follow calls fn with the events of each receive, as Receive returns
+// them, until fn returns false (Follow then returns nil), the listener is
+// closed (an error wrapping net.ErrClosed), its deadline passes or reading
+// fails. Calls of Receive, Discard and Follow are serialised, so those
+// methods may not be called from fn.
+//
+// On an overflow Follow drops the events still queued, as Discard does,
+// before it calls fn with an error wrapping ErrOverflow that says how many
+// it dropped; the caller resynchronises its state from the kernel.
+//
+// Unlike a loop of Receive, Follow does not read the socket once more to
+// find it empty after a receive that found fewer datagrams than it had room
+// for: it waits for the socket to be signalled readable again, which it is
+// for anything queued since, an overflow included. A loop of Receive pays
+// that system call on almost every wake-up, before the caller can act on
+// the events it got.
+func (l *EventListener) Follow(fn func(evs []pm.Event, err error) bool) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var (
+		buf   = make([]pm.Event, 0, eventBatch)
+		wait  bool // the last receive found the socket empty: wait for it to be signalled
+		done  bool // fn returned false
+		errno syscall.Errno
+	)
+	err := l.raw.Read(func(fd uintptr) bool {
+		for {
+			if wait {
+				wait = false
+				return false
+			}
+			if !l.recvmmsg(fd) {
+				return false
+			}
+			var evs []pm.Event
+			var err error
+			switch l.errno {
+			case 0:
+				evs, err = l.batch(buf[:0], l.n)
+				// A receive stops short only at an empty queue, or at an
+				// error that the kernel signals and keeps for the next.
+				wait = l.n < eventBatch
+			case unix.ENOBUFS:
+				n, e := l.drain(fd)
+				if e != 0 {
+					errno = e
+					return true
+				}
+				err = fmt.Errorf("pm: receive events: %w (%d queued events dropped)", ErrOverflow, n)
+				wait = true
+			default:
+				errno = l.errno
+				return true
+			}
+			if len(evs) == 0 && err == nil {
+				continue // only messages that are not the kernel's events
+			}
+			if !fn(evs, err) {
+				done = true
+				return true
+			}
+			buf = evs[:0]
+		}
+	})
+	switch {
+	case done:
+		return nil
+	case err != nil && l.closed.Load():
+		return fmt.Errorf("pm: receive events: %w", net.ErrClosed)
+	case err != nil:
+		return fmt.Errorf("pm: receive events: %w", err)
+	}
+	return fmt.Errorf("pm: receive events: %w", os.NewSyscallError("recvmmsg", errno))
+}
+
+// batch appends the events of the n datagrams of the last receive to buf.
+// A datagram that was truncated or does not decode is an error wrapping
+// pm.ErrInvalid, returned with the events of the others.
+func (l *EventListener) batch(buf []pm.Event, n int) ([]pm.Event, error) {
+	var first, err error
+	for i := range n {
+		size := int(l.hdrs[i].Len)
+		switch {
+		case size > eventSlot:
+			err = fmt.Errorf("pm: receive events: datagram of %d bytes truncated to %d: %w", size, eventSlot, pm.ErrInvalid)
+		case l.froms[i].Pid != 0:
+			continue // from a user-space socket, not from the kernel
+		default:
+			buf, err = l.decode(buf, l.buf[i*eventSlot:i*eventSlot+size])
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return buf, first
 }
 
 // receive reads the datagrams queued, up to eventBatch, into l.buf's slots
@@ -267,24 +349,11 @@ func (l *EventListener) decode(evs []pm.Event, b []byte) ([]pm.Event, error) {
 func (l *EventListener) Discard() (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	n := 0
+	var n int
 	var errno syscall.Errno
 	err := l.raw.Read(func(fd uintptr) bool {
-		for {
-			_, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd,
-				uintptr(unsafe.Pointer(&l.buf[0])), uintptr(len(l.buf)),
-				unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
-			switch e {
-			case 0:
-				n++
-			case unix.EINTR, unix.ENOBUFS: // ENOBUFS: more were lost meanwhile; as good as discarded
-			case unix.EAGAIN:
-				return true
-			default:
-				errno = e
-				return true
-			}
-		}
+		n, errno = l.drain(fd)
+		return true
 	})
 	switch {
 	case err != nil && l.closed.Load():
@@ -295,6 +364,26 @@ func (l *EventListener) Discard() (int, error) {
 		return n, fmt.Errorf("pm: discard events: %w", os.NewSyscallError("recvfrom", errno))
 	}
 	return n, nil
+}
+
+// drain reads and drops every datagram queued, without waiting for more,
+// and returns how many it dropped.
+func (l *EventListener) drain(fd uintptr) (int, syscall.Errno) {
+	n := 0
+	for {
+		_, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd,
+			uintptr(unsafe.Pointer(&l.buf[0])), uintptr(len(l.buf)),
+			unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
+		switch e {
+		case 0:
+			n++
+		case unix.EINTR, unix.ENOBUFS: // ENOBUFS: more were lost meanwhile; as good as discarded
+		case unix.EAGAIN:
+			return n, 0
+		default:
+			return n, e
+		}
+	}
 }
 
 // SetDeadline sets the time after which a pending or future Receive fails
