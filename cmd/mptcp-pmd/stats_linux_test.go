@@ -99,7 +99,7 @@ func (c *cgroupClient) expect(t *testing.T, want string) {
 
 // TestStatistics: a program in a cgroup of the test's sends 4 MB over a
 // connection with two subflows; Connection.GetStatistics reports the bytes
-// per subflow adding up to what it sent (the peer acknowledged them all,
+// of each subflow (some on each), adding up to what it sent (the peer acknowledged them all,
 // a little more for retransmissions), the program as the owner (process,
 // cgroup), and Manager.GetStatistics has the connection too.
 func TestStatistics(t *testing.T) {
@@ -140,8 +140,11 @@ func TestStatistics(t *testing.T) {
 		t.Logf("subflow %v:%v -> %v:%v dev %q: %d bytes acknowledged, rtt %v µs, cwnd %v",
 			sf["local_address"].Value(), sf["local_port"].Value(), sf["remote_address"].Value(), sf["remote_port"].Value(),
 			sf["interface"].Value(), n, sf["rtt_us"].Value(), sf["cwnd"].Value())
-		if n < total/100 {
-			t.Errorf("subflow %v carried %d bytes: not its share", sf["local_address"].Value(), n)
+		// How the kernel's scheduler splits the data is its own choice:
+		// under load the second subflow was seen to carry 0.5% of it. That
+		// each one reports its own bytes, and that they add up, is ours.
+		if n == 0 {
+			t.Errorf("subflow %v reports no bytes acknowledged", sf["local_address"].Value())
 		}
 		sum += n
 	}
