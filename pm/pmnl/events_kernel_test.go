@@ -384,10 +384,11 @@ func listen(t testing.TB, h *pmtest.Host) *pmnl.EventListener {
 	return l
 }
 
-// TestEventsOverflow fills the listener's socket buffer (4 MiB or more)
-// without reading: the next Receive reports ErrOverflow, and the one after
-// returns the events that were queued.
-func TestEventsOverflow(t *testing.T) {
+// overfilled returns a namespace and a listener in it whose socket buffer
+// (4 MiB or more) overflowed: 60,000 events that it did not read. Its
+// deadline is eventWait away.
+func overfilled(t *testing.T) (*pmtest.Host, *pmnl.EventListener) {
+	t.Helper()
 	h := pmtest.NewNamespace(t)
 	l := listen(t, h)
 	if err := churnListeners(h, 30000); err != nil {
@@ -396,6 +397,14 @@ func TestEventsOverflow(t *testing.T) {
 	if err := l.SetDeadline(time.Now().Add(eventWait)); err != nil {
 		t.Fatal(err)
 	}
+	return h, l
+}
+
+// TestEventsOverflow fills the listener's socket buffer (4 MiB or more)
+// without reading: the next Receive reports ErrOverflow, and the one after
+// returns the events that were queued.
+func TestEventsOverflow(t *testing.T) {
+	_, l := overfilled(t)
 	evs, err := l.Receive(nil)
 	if !errors.Is(err, pmnl.ErrOverflow) {
 		t.Fatalf("Receive after 60000 unread events: %d events, error %v; want ErrOverflow", len(evs), err)
@@ -412,12 +421,7 @@ func TestEventsOverflow(t *testing.T) {
 // TestEventsDiscard: after an overflow, Discard drops what is queued, and
 // the listener then returns only newer events.
 func TestEventsDiscard(t *testing.T) {
-	h := pmtest.NewNamespace(t)
-	l := listen(t, h)
-	if err := churnListeners(h, 30000); err != nil {
-		t.Fatal(err)
-	}
-	l.SetDeadline(time.Now().Add(eventWait))
+	h, l := overfilled(t)
 	if _, err := l.Receive(nil); !errors.Is(err, pmnl.ErrOverflow) {
 		t.Fatalf("Receive after 60000 unread events: %v; want ErrOverflow", err)
 	}
@@ -671,14 +675,7 @@ func TestFollow(t *testing.T) {
 // how much with an error wrapping ErrOverflow, and goes on with newer
 // events; Close ends it with net.ErrClosed.
 func TestFollowOverflow(t *testing.T) {
-	h := pmtest.NewNamespace(t)
-	l := listen(t, h)
-	if err := churnListeners(h, 30000); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.SetDeadline(time.Now().Add(eventWait)); err != nil {
-		t.Fatal(err)
-	}
+	h, l := overfilled(t)
 	overflowed := make(chan struct{})
 	var once sync.Once
 	wait := follow(l, func(evs []pm.Event) bool {
