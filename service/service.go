@@ -379,6 +379,9 @@ func (s *Service) handleNet(ev NetEvent) {
 	if !s.net.apply(ev) {
 		return
 	}
+	if ev.Kind == NetLinkChanged {
+		s.log.Debug("link changed", "interface", ev.Link.Name, "index", ev.Link.Index, "up", ev.Link.Up, "carrier", ev.Link.Carrier)
+	}
 	first := ev.Kind == NetSynced && !s.synced
 	if first {
 		s.synced = true
@@ -408,6 +411,13 @@ func (s *Service) updateUsable() bool {
 		return false
 	}
 	s.usable = usable
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		addrs := make([]string, len(usable))
+		for i, a := range usable {
+			addrs[i] = a.Interface + " " + a.Addr.String()
+		}
+		s.log.Debug("usable local addresses", "addresses", addrs)
+	}
 	local := make([]LocalAddress, len(usable))
 	for i, a := range usable {
 		local[i] = LocalAddress{Interface: a.Interface, Address: a.Addr}

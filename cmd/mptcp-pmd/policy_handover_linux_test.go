@@ -158,14 +158,35 @@ func TestHandoverWarm(t *testing.T) {
 		t.Logf("$ mptcpctl top --count 1\n%s", out)
 	}
 
+	// usable waits until the daemon counts the cheap address as usable, or
+	// not. A carrier change reaches user space when the kernel's linkwatch
+	// runs, at most once a second for a device that is not "urgent" (a
+	// physical NIC, or a veth whose peer in the other namespace has the
+	// same index, as c0's has), and every veth made or removed by another
+	// test on the machine makes it run: under make test the daemon heard
+	// of a carrier loss only after the kernel had moved the stream by
+	// itself, or not at all when the carrier came back first.
+	usable := func(want bool) {
+		t.Helper()
+		eventually(t, 5*time.Second, fmt.Sprintf("LocalAddresses with %s: %v", cheap, want), func() bool {
+			v, err := d.obj(dbusapi.ManagerPath).GetProperty(dbusapi.ManagerInterface + ".LocalAddresses")
+			return err == nil && strings.Contains(fmt.Sprint(v.Value()), cheap.String()+"]") == want
+		})
+	}
 	for _, failure := range []hbFailure{hbBlackhole, hbCarrier} {
 		start := hl.fail(t, failure, true)
+		if failure == hbCarrier {
+			usable(false)
+		}
 		at := hoWaitCarrying(t, dc, lport, expensive, cheap, 5*time.Second, string(failure)+": failover")
 		gap := st.gap(start, at)
 		t.Logf("%s: the standby carries the stream %v after the failure; longest gap at the receiver %v",
 			failure, at.Sub(start).Round(time.Millisecond), gap.Round(time.Millisecond))
 
 		back := hl.fail(t, failure, false)
+		if failure == hbCarrier {
+			usable(true)
+		}
 		at = hoWaitCarrying(t, dc, lport, cheap, expensive, 15*time.Second, string(failure)+": back")
 		if at.Sub(back) < 2*time.Second {
 			t.Errorf("%s: the stream moved back %v after the path came back, before the hysteresis (2 s)", failure, at.Sub(back))
