@@ -194,8 +194,9 @@ func (l *EventListener) Receive(buf []pm.Event) ([]pm.Event, error) {
 // Follow calls fn with the events of each receive, as Receive returns
 // them, until fn returns false (Follow then returns nil), the listener is
 // closed (an error wrapping net.ErrClosed), its deadline passes or reading
-// fails. Calls of Receive, Discard and Follow are serialised, so those
-// methods may not be called from fn.
+// fails. The slice fn gets is reused once fn returns. Calls of Receive,
+// Discard and Follow are serialised, so those methods may not be called
+// from fn.
 //
 // On an overflow Follow drops the events still queued, as Discard does,
 // before it calls fn with an error wrapping ErrOverflow that says how many

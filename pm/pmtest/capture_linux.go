@@ -15,8 +15,9 @@ import (
 )
 
 // Capture records when the TCP handshakes of a host's connections cross its
-// interfaces, by the kernel's clock: each SYN the host sends, the SYN-ACK
-// that answers it, and the first packet the peer sends after that. The
+// interfaces, by the kernel's clock: the first SYN the host sends for a
+// connection, the first SYN-ACK that answers it, and the first packet the
+// peer sends after that. The
 // times are the kernel's timestamps of the packets as they leave and
 // arrive (an AF_PACKET socket with SO_TIMESTAMPNS), so unlike the time a
 // program reads an event, they do not depend on when that program gets a
