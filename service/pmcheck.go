@@ -36,15 +36,14 @@ const pathManagerCheck = time.Second
 func (s *Service) labelPathManager(c *conn) {
 	if s.now().Sub(s.pmReadAt) >= pathManagerFresh {
 		s.refreshPathManager()
-		c.userspace = s.kernelPM == "userspace"
-		return
+	} else {
+		s.pmUnsure = append(s.pmUnsure, c)
+		if !s.pmArmed {
+			s.pmArmed = true
+			s.pmCheck.Reset(s.pmCheckAfter)
+		}
 	}
 	c.userspace = s.kernelPM == "userspace"
-	s.pmUnsure = append(s.pmUnsure, c)
-	if !s.pmArmed {
-		s.pmArmed = true
-		s.pmCheck.Reset(s.pmCheckAfter)
-	}
 }
 
 // relabel marks c as under the in-kernel path manager when the kernel
