@@ -104,15 +104,18 @@ type Connection struct {
 }
 
 // Subflow is one established subflow of a connection.
+//
+// The fields are ordered for size (72 bytes, not 88): a connection's
+// subflows are held twice, by the service and by the D-Bus mirror.
 type Subflow struct {
+	LocalAddress  netip.Addr
+	RemoteAddress netip.Addr
+	Interface     string // "" when the kernel did not name one
+	LocalPort     uint16
+	RemotePort    uint16
 	LocalID       uint8
 	RemoteID      uint8
-	LocalAddress  netip.Addr
-	LocalPort     uint16
-	RemoteAddress netip.Addr
-	RemotePort    uint16
 	Backup        bool
-	Interface     string // "" when the kernel did not name one
 }
 
 // AnnouncedAddress is an address announced on a connection (ADD_ADDR).

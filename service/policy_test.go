@@ -380,6 +380,16 @@ func TestSubflowPerInterface(t *testing.T) {
 	})
 	sameStrings(t, "IPv4 subflows", h.subflows(id4), []string{"10.55.1.1->10.55.0.2:8080", "10.55.2.1->10.55.0.2:8080"})
 	sameStrings(t, "IPv6 subflows", h.subflows(id6), []string{"fd00:55:2::1->fd00:55::2:8080", "fd00:55::1->fd00:55::2:8080"})
+	// Answered requests leave nothing behind: a connection may live for
+	// days after them.
+	h.inspect(func() {
+		for _, token := range []uint32{1, 2} {
+			if c := h.s.conns.byToken[token]; c.pending != nil || c.closing != nil {
+				t.Errorf("connection %d keeps pending %v (cap %d), closing %v (cap %d)",
+					token, c.pending, cap(c.pending), c.closing, cap(c.closing))
+			}
+		}
+	})
 
 	// A connection of the in-kernel path manager is not the policy's.
 	mark = h.mark()
@@ -399,6 +409,11 @@ func TestSubflowPerInterface(t *testing.T) {
 		t.Errorf("after the address went: %v", got)
 	}
 	sameStrings(t, "IPv4 subflows without c1's address", h.subflows(id4), []string{"10.55.2.1->10.55.0.2:8080"})
+	h.inspect(func() {
+		if c := h.s.conns.byToken[1]; c.closing != nil {
+			t.Errorf("closing %v (cap %d) after the subflow closed", c.closing, cap(c.closing))
+		}
+	})
 	h.sendNet(netAddr(NetAddressAdded, 1, false))
 	h.settle()
 	sameStrings(t, "IPv4 subflows with c1's address back", h.subflows(id4), []string{"10.55.1.1->10.55.0.2:8080", "10.55.2.1->10.55.0.2:8080"})
