@@ -45,8 +45,9 @@ bench:
 # p99 and ratios (times of the packets that cause the events, by the
 # kernel's clock), and the daemons' CPU time per kernel event; with
 # LAB_BASELINE=path/to/another/mptcp-pmd, that build's policies too, for an
-# A/B comparison in one run (about 10 s per 200 connections; root,
-# MPTCP and dbus-daemon). LAB_CONNS connections per mode. Then a burst of
+# A/B comparison in one run (about 25 s per 1,000 connections; root,
+# MPTCP and dbus-daemon). LAB_CONNS connections per mode (1,000: a 99th
+# percentile of fewer is one of the few worst and moves much between runs). Then a burst of
 # BURST_CONNS connections opened at once (subflow-per-interface): until
 # every one has its subflows, and the daemon's memory per connection. Then
 # bursts of 300 connections opened at once, BURST300_ROUNDS rounds
@@ -56,7 +57,7 @@ bench:
 # kernel's. Last, 300 connections one by one from the kernel's CREATED to
 # the daemon's InterfacesAdded, each after a Peer.Ping round trip: medians,
 # and the ratio of event->signal to a ping.
-LAB_CONNS       ?= 200
+LAB_CONNS       ?= 1000
 BURST_CONNS     ?= 10000
 BURST300_ROUNDS ?= 5
 bench-lab: build
